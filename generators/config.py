@@ -37,6 +37,7 @@ class Config:
     license: str = "CC0-1.0"
     jurisdiction: str = ""
     consent_policy_uri: str = ""
+    status: str = "draft"
 
     def url(self, resource_type: str, rid: str) -> str:
         """The canonical URL of a conformance or knowledge resource of this package."""
@@ -45,6 +46,12 @@ class Config:
     @property
     def local_system(self) -> str:
         return self.url("CodeSystem", "local")
+
+
+def _status(path: Path, value: object) -> str:
+    if value not in ("draft", "active", "retired"):
+        raise BuildError(f"{path}: status must be draft, active or retired, got {value!r}")
+    return str(value)
 
 
 def load_config(path: str | Path | None = None) -> Config:
@@ -90,4 +97,5 @@ def load_config(path: str | Path | None = None) -> Config:
         license=str(raw.get("license", "CC0-1.0")),
         jurisdiction=str(raw.get("jurisdiction", "")),
         consent_policy_uri=str(raw.get("consent_policy_uri", "")),
+        status=_status(cfg_path, raw.get("status", "draft")),
     )

@@ -1,0 +1,53 @@
+"""Generated XHTML narratives: every text escaped, only elements FHIR narrative allows.
+
+A node is a tuple ``(tag, children...)`` or ``(tag, {attrs}, children...)``; a str is text and is
+always escaped. Only the tags in :data:`ALLOWED` may be used (a subset of what FHIR R4 allows:
+no scripts, forms, event attributes or external references).
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any, Union
+
+ALLOWED = frozenset(
+    "div p span b i em strong br ul ol li table thead tbody tr th td h2 h3 h4 a dl dt dd".split()
+)
+_ALLOWED_ATTRS = frozenset({"id", "class", "href", "title", "colspan", "rowspan"})
+
+Node = Union[str, tuple[Any, ...]]
+
+
+def render(node: Node) -> str:
+    if isinstance(node, str):
+        return escape(node, quote=False)
+    tag, *rest = node
+    if tag not in ALLOWED:
+        raise ValueError(f"narrative element <{tag}> is not allowed")
+    attrs: dict[str, str] = {}
+    if rest and isinstance(rest[0], dict):
+        attrs = rest.pop(0)
+    for name, value in attrs.items():
+        if name not in _ALLOWED_ATTRS:
+            raise ValueError(f"narrative attribute {name!r} is not allowed")
+        if name == "href" and not str(value).startswith("#"):
+            raise ValueError("narrative links must stay inside the document (#...)")
+    attr_text = "".join(f' {k}="{escape(str(v), quote=True)}"' for k, v in attrs.items())
+    inner = "".join(render(c) for c in rest if c is not None)
+    if tag == "br":
+        return "<br/>"
+    return f"<{tag}{attr_text}>{inner}</{tag}>"
+
+
+def narrative(*children: Node) -> dict[str, str]:
+    """A ``Resource.text`` with status generated."""
+    body = "".join(render(c) for c in children if c is not None)
+    return {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{body}</div>'}
+
+
+def table(header: list[str], rows: list[list[Node]]) -> Node:
+    return (
+        "table",
+        ("tr", *[("th", h) for h in header]),
+        *[("tr", *[("td", cell) for cell in row]) for row in rows],
+    )
