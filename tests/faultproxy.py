@@ -1,0 +1,199 @@
+"""A fault-injecting HTTP proxy of our own, on loopback, between a client and a real server.
+
+It forwards every request to ``upstream`` unchanged, except where a fault rule matches:
+
+- ``drop``: close the connection without forwarding (the request never reached the server);
+- ``drop_response``: forward, let the server process it, then close without answering
+  (the client loses the response of a request that was applied);
+- ``status``: answer ``code`` (429, 503, ...) with an optional ``Retry-After`` without forwarding;
+- ``delay``: wait ``seconds`` then forward.
+
+Rules are consumed in order of listing, each ``times`` times, for requests matching ``method``
+and a ``path`` substring. ``chaos(rate, seed)`` adds seeded random faults instead. ``log`` lists
+every request seen with the fault applied and the upstream status.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "content-encoding",
+    "content-length",
+    "host",
+}
+TRANSIENT_OUTCOME = b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"transient"}]}'
+
+
+@dataclass
+class Fault:
+    kind: str  # drop | drop_response | status | delay
+    method: str | None = None
+    path: str | None = None  # substring of the request path (with query)
+    times: int = 1
+    code: int = 503
+    retry_after: str | None = None
+    seconds: float = 0.0
+
+    def matches(self, method: str, path: str) -> bool:
+        return (
+            self.times > 0
+            and (self.method is None or self.method == method)
+            and (self.path is None or self.path in path)
+        )
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    fault: str | None
+    upstream_status: int | None
+
+
+class FaultProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.faults: list[Fault] = []
+        self.log: list[Seen] = []
+        self._lock = threading.Lock()
+        self._chaos: tuple[float, random.Random, tuple[str, ...]] | None = None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -------------------------------------------------------------- configuration
+    def add(self, kind: str, **kw: object) -> Fault:
+        fault = Fault(kind, **kw)  # type: ignore[arg-type]
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def chaos(
+        self,
+        rate: float,
+        seed: int,
+        kinds: tuple[str, ...] = ("drop", "drop_response", "429", "503", "delay"),
+    ) -> None:
+        with self._lock:
+            self._chaos = (rate, random.Random(seed), kinds)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.faults.clear()
+            self._chaos = None
+
+    def _pick(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for f in self.faults:
+                if f.matches(method, path):
+                    f.times -= 1
+                    return Fault(f.kind, code=f.code, retry_after=f.retry_after, seconds=f.seconds)
+            if self._chaos:
+                rate, rng, kinds = self._chaos
+                if rng.random() < rate:
+                    k = rng.choice(kinds)
+                    if k in ("429", "503"):
+                        return Fault("status", code=int(k), retry_after=str(rng.choice([0, 1])))
+                    return Fault(k, seconds=rng.uniform(0.05, 0.5))
+        return None
+
+    # -------------------------------------------------------------- running
+    def start(self) -> str:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fault = proxy._pick(self.command, self.path)
+                kind = fault.kind if fault else None
+                seen = Seen(
+                    self.command, self.path, kind if kind != "status" else f"status {fault.code}", None
+                )
+                with proxy._lock:
+                    proxy.log.append(seen)
+                if fault and fault.kind == "drop":
+                    self.close_connection = True
+                    return
+                if fault and fault.kind == "status":
+                    payload = TRANSIENT_OUTCOME
+                    self.send_response(fault.code)
+                    if fault.retry_after is not None:
+                        self.send_header("Retry-After", fault.retry_after)
+                    self.send_header("Content-Type", "application/fhir+json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if fault and fault.kind == "delay":
+                    time.sleep(fault.seconds)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                headers["Accept-Encoding"] = "identity"
+                resp = requests.request(
+                    self.command,
+                    proxy.upstream + self.path,
+                    data=body or None,
+                    headers=headers,
+                    timeout=600,
+                    allow_redirects=False,
+                )
+                seen.upstream_status = resp.status_code
+                if fault and fault.kind == "drop_response":
+                    self.close_connection = True
+                    return
+                content = resp.content
+                self.send_response(resp.status_code)
+                for k, v in resp.headers.items():
+                    if k.lower() not in HOP_BY_HOP:
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> FaultProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def requests_to(self, method: str, path: str = "") -> list[Seen]:
+        with self._lock:
+            return [s for s in self.log if s.method == method and path in s.path]
