@@ -166,9 +166,10 @@ def _goal(cfg: Config, m: Mapping, goal: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def source_artifact(m: Mapping) -> dict[str, Any]:
+def source_artifact(cfg: Config, m: Mapping) -> dict[str, Any]:
     raw = m.source.text.encode("utf-8")
     return {
+        "extension": source_ext(cfg, m.traces(m.data["document"])),
         "type": "derived-from",
         "label": m.key,
         "display": m.data["document"]["title"],
@@ -217,7 +218,7 @@ def build_plan(cfg: Config, m: Mapping) -> dict[str, Any]:
     if "setting" in plan:
         res["usage"] = plan["setting"]["text"]
         res["_usage"] = {"extension": source_ext(cfg, m.traces(plan["setting"]))}
-    res["relatedArtifact"] = [source_artifact(m)]
+    res["relatedArtifact"] = [source_artifact(cfg, m)]
     res["goal"] = [_goal(cfg, m, g) for g in plan["goals"]]
     res["action"] = actions
     res["_description"] = {"extension": source_ext(cfg, m.traces(plan["description"]))}
