@@ -22,7 +22,9 @@ def run_once(out: Path, extra: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "generators.cli", "build", "--out", str(out), *extra],
-        cwd=ROOT, check=True, capture_output=True,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
     )
     return time.perf_counter() - start
 
@@ -30,7 +32,10 @@ def run_once(out: Path, extra: list[str]) -> float:
 def slowest_imports(out: Path, top: int = 8) -> list[tuple[int, str]]:
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "generators.cli", "build", "--out", str(out)],
-        cwd=ROOT, check=True, capture_output=True, text=True,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     rows = []
     for line in proc.stderr.splitlines():
@@ -51,8 +56,10 @@ def main() -> None:
         out = Path(tmp) / "fhir"
         for label, extra in (("build + validate", []), ("build, no validation", ["--no-validate"])):
             times = [run_once(out, extra) for _ in range(args.runs)]
-            print(f"{label:24s} runs={args.runs} min={min(times):.3f}s "
-                  f"median={statistics.median(times):.3f}s max={max(times):.3f}s")
+            print(
+                f"{label:24s} runs={args.runs} min={min(times):.3f}s "
+                f"median={statistics.median(times):.3f}s max={max(times):.3f}s"
+            )
         print("slowest imports (cumulative microseconds):")
         for us, name in slowest_imports(out):
             print(f"  {us:>8d}  {name}")

@@ -180,6 +180,7 @@ def _locate(source: SourceDocument, quote: str) -> tuple[list[tuple[Segment, int
 
 def _offsets(seg: Segment, idx: int, length: int) -> tuple[int, int]:
     """Map an index into the segment's text (spans joined by one space) to text offsets."""
+
     def to_offset(i: int, is_end: bool) -> int:
         pos = 0
         for span in seg.spans:
@@ -261,7 +262,9 @@ def load_mapping(path: Path, local_system: str) -> Mapping:
         if key in r.codes:
             r.problems.append(f"{r.where(key)}: local code {key!r} is also a standard code key")
             continue
-        r.codes[key] = Code(key, local_system, key, c["display"], "local code, awaiting terminology review", True)
+        r.codes[key] = Code(
+            key, local_system, key, c["display"], "local code, awaiting terminology review", True
+        )
         if "quotes" in c:
             r.quotes(c, f"local code {key}")
 

@@ -8,14 +8,14 @@ no scripts, forms, event attributes or external references).
 from __future__ import annotations
 
 from html import escape
-from typing import Any, Union
+from typing import Any
 
 ALLOWED = frozenset(
     "div p span b i em strong br ul ol li table thead tbody tr th td h2 h3 h4 a dl dt dd".split()
 )
 _ALLOWED_ATTRS = frozenset({"id", "class", "href", "title", "colspan", "rowspan"})
 
-Node = Union[str, tuple[Any, ...]]
+Node = str | tuple[Any, ...]
 
 
 def render(node: Node) -> str:

@@ -24,8 +24,15 @@ from generators.config import Config
 EXAMPLE_TYPES = frozenset({"Patient", "Procedure"})
 # Upload and package order: what others depend on first.
 TYPE_ORDER = [
-    "ImplementationGuide", "CodeSystem", "ValueSet", "StructureDefinition", "ActivityDefinition",
-    "PlanDefinition", "Patient", "Consent", "Procedure",
+    "ImplementationGuide",
+    "CodeSystem",
+    "ValueSet",
+    "StructureDefinition",
+    "ActivityDefinition",
+    "PlanDefinition",
+    "Patient",
+    "Consent",
+    "Procedure",
 ]
 
 
@@ -54,10 +61,15 @@ def bundle(cfg: Config, resources: list[dict[str, Any]]) -> dict[str, Any]:
         "resourceType": "Bundle",
         "id": cfg.package_name,
         "meta": {"lastUpdated": f"{cfg.date}T00:00:00Z"},
-        "identifier": {"system": "urn:ietf:rfc:3986", "value": f"{cfg.canonical}/Bundle/{cfg.package_name}-{cfg.version}"},
+        "identifier": {
+            "system": "urn:ietf:rfc:3986",
+            "value": f"{cfg.canonical}/Bundle/{cfg.package_name}-{cfg.version}",
+        },
         "type": "collection",
         "timestamp": f"{cfg.date}T00:00:00Z",
-        "entry": [{"fullUrl": f"{cfg.canonical}/{r['resourceType']}/{r['id']}", "resource": r} for r in resources],
+        "entry": [
+            {"fullUrl": f"{cfg.canonical}/{r['resourceType']}/{r['id']}", "resource": r} for r in resources
+        ],
     }
 
 

@@ -88,9 +88,7 @@ class SourceDocument:
 
     def segments_in(self, start: int, end: int) -> list[Segment]:
         """The segments whose spans overlap the character range [start, end)."""
-        return [
-            s for s in self.segments if any(sp.start < end and start < sp.end for sp in s.spans)
-        ]
+        return [s for s in self.segments if any(sp.start < end and start < sp.end for sp in s.spans)]
 
 
 def _paragraphs(text: str) -> list[Span]:
@@ -112,10 +110,7 @@ def _paragraphs(text: str) -> list[Span]:
 
 def _is_heading(chunk: str) -> bool:
     return (
-        "\n" not in chunk
-        and len(chunk) <= _MAX_HEADING
-        and chunk[-1] not in ".!?:;,"
-        and chunk[0].isupper()
+        "\n" not in chunk and len(chunk) <= _MAX_HEADING and chunk[-1] not in ".!?:;," and chunk[0].isupper()
     )
 
 
@@ -172,7 +167,10 @@ def parse_text(text: str, path: Path | str = "<text>") -> SourceDocument:
         cont = _HEADING_CONTINUATION.match(chunk)
         if pending_heading is not None and cont:
             # "EMBOLUS." finishes the heading of the previous paragraph.
-            pending_heading.spans = (*pending_heading.spans, Span(para.start, para.start + len(cont.group(1))))
+            pending_heading.spans = (
+                *pending_heading.spans,
+                Span(para.start, para.start + len(cont.group(1))),
+            )
             pending_heading.text = pending_heading.text + " " + cont.group(1)
             body = Span(para.start + cont.end(), para.end)
         if pending_heading is None and (current is None or list_intro is not None):

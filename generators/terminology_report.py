@@ -25,7 +25,9 @@ def iter_codings(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
             yield from iter_codings(value, f"{path}[{i}]")
 
 
-def terminology_report(cfg: Config, mappings: list[Mapping], resources: list[dict[str, Any]]) -> dict[str, Any]:
+def terminology_report(
+    cfg: Config, mappings: list[Mapping], resources: list[dict[str, Any]]
+) -> dict[str, Any]:
     known: dict[tuple[str, str], Code] = {}
     for m in mappings:
         for c in m.codes.values():
@@ -43,7 +45,9 @@ def terminology_report(cfg: Config, mappings: list[Mapping], resources: list[dic
         for path, coding in iter_codings(res, res["resourceType"]):
             if res["resourceType"] == "CodeSystem" and ".concept" in path:
                 continue
-            _use(used, known, coding["system"], coding["code"], f"{res['resourceType']}/{res['id']}", problems)
+            _use(
+                used, known, coding["system"], coding["code"], f"{res['resourceType']}/{res['id']}", problems
+            )
     if problems:
         raise BuildError("codes without a confirmed source are used", sorted(set(problems)))
     rows = sorted(used.values(), key=lambda r: (r["system"], r["code"]))
@@ -65,12 +69,26 @@ def _use(
     if key not in used:
         c = known.get(key)
         if c is None and system in _CONFIG_SOURCES:
-            used[key] = {"system": system, "code": code, "display": "", "source": _CONFIG_SOURCES[system], "local": False, "used_in": []}
+            used[key] = {
+                "system": system,
+                "code": code,
+                "display": "",
+                "source": _CONFIG_SOURCES[system],
+                "local": False,
+                "used_in": [],
+            }
         elif c is None:
             problems.append(f"{where}: code {system}|{code} has no confirmed source in any mapping")
             return
         else:
-            used[key] = {"system": system, "code": code, "display": c.display, "source": c.source, "local": c.local, "used_in": []}
+            used[key] = {
+                "system": system,
+                "code": code,
+                "display": c.display,
+                "source": c.source,
+                "local": c.local,
+                "used_in": [],
+            }
     if where not in used[key]["used_in"]:
         used[key]["used_in"].append(where)
 
@@ -89,7 +107,13 @@ def report_markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["local_codes_awaiting_review"]:
         lines.append(f"| {r['code']} | {r['display']} | {', '.join(r['used_in'])} |")
-    lines += ["", "## Every code used", "", "| system | code | display | confirmed in | used in |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Every code used",
+        "",
+        "| system | code | display | confirmed in | used in |",
+        "|---|---|---|---|---|",
+    ]
     for r in report["codes"]:
         lines.append(
             f"| {r['system']} | {r['code']} | {r['display']} | {r['source']} | {', '.join(r['used_in'])} |"

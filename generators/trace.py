@@ -23,11 +23,20 @@ def _summary(element: Any) -> str:
     return ""
 
 
-def _walk(node: Any, path: str, url: str, parent: dict[str, Any] | None) -> Iterator[tuple[str, Any, dict[str, Any]]]:
+def _walk(
+    node: Any, path: str, url: str, parent: dict[str, Any] | None
+) -> Iterator[tuple[str, Any, dict[str, Any]]]:
     if isinstance(node, dict):
         for ext in node.get("extension", []) if isinstance(node.get("extension"), list) else []:
             if ext.get("url") == url:
-                yield path, node, {e["url"]: next(v for k, v in e.items() if k.startswith("value")) for e in ext["extension"]}
+                yield (
+                    path,
+                    node,
+                    {
+                        e["url"]: next(v for k, v in e.items() if k.startswith("value"))
+                        for e in ext["extension"]
+                    },
+                )
         for key, value in node.items():
             if key == "extension":
                 # source-text inside other extensions (e.g. a disclosed risk's outcome)
@@ -59,9 +68,7 @@ def build_trace(cfg: Config, mappings: list[Mapping], resources: list[dict[str, 
             )
     documents = []
     for m in mappings:
-        non_clinical = {
-            t.sentence for nc in m.data.get("non_clinical", []) for t in m.traces(nc["_entry"])
-        }
+        non_clinical = {t.sentence for nc in m.data.get("non_clinical", []) for t in m.traces(nc["_entry"])}
         segs = []
         for s in m.source.segments:
             segs.append(
@@ -78,5 +85,7 @@ def build_trace(cfg: Config, mappings: list[Mapping], resources: list[dict[str, 
                     "elements": elements.get((m.key, s.id), []),
                 }
             )
-        documents.append({"key": m.key, "title": m.data["document"]["title"], "text": m.source.text, "segments": segs})
+        documents.append(
+            {"key": m.key, "title": m.data["document"]["title"], "text": m.source.text, "segments": segs}
+        )
     return {"documents": documents}

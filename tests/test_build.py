@@ -74,7 +74,9 @@ def test_unmapped_paragraph_is_named_with_text_line(tmp_path: Path) -> None:
     with pytest.raises(BuildError) as err:
         build(cfg, tmp_path / "out")
     assert any(
-        p.startswith(f"{text_path(tmp_path)}:{line}: sentence") and added in p and "claimed by no mapping entry" in p
+        p.startswith(f"{text_path(tmp_path)}:{line}: sentence")
+        and added in p
+        and "claimed by no mapping entry" in p
         for p in err.value.problems
     ), err.value.problems
 
@@ -83,9 +85,13 @@ def test_a_sentence_marked_non_clinical_builds(tmp_path: Path) -> None:
     cfg = copy_inputs(tmp_path)
     added = "This leaflet was reviewed by the patient education committee."
     text = text_path(tmp_path).read_text()
-    text_path(tmp_path).write_text(text.replace("\n\nIn Vertebroplasty,", f"\n\n{added}\n\nIn Vertebroplasty,"))
-    mapping = mapping_path(tmp_path).read_text().replace(
-        "non_clinical: []", f'non_clinical:\n  - quote: "{added}"\n    reason: editorial note'
+    text_path(tmp_path).write_text(
+        text.replace("\n\nIn Vertebroplasty,", f"\n\n{added}\n\nIn Vertebroplasty,")
+    )
+    mapping = (
+        mapping_path(tmp_path)
+        .read_text()
+        .replace("non_clinical: []", f'non_clinical:\n  - quote: "{added}"\n    reason: editorial note')
     )
     mapping_path(tmp_path).write_text(mapping)
     result = build(cfg, tmp_path / "out", validate=False)
@@ -101,13 +107,19 @@ def test_mapping_schema_error_names_file_and_line(tmp_path: Path) -> None:
     mapping_path(tmp_path).write_text("".join(lines))
     with pytest.raises(BuildError) as err:
         build(cfg, tmp_path / "out")
-    assert any(f"{mapping_path(tmp_path)}:{i + 1}: codes/sct-hematoma: 'source' is a required property" in p
-               for p in err.value.problems), err.value.problems
+    assert any(
+        f"{mapping_path(tmp_path)}:{i + 1}: codes/sct-hematoma: 'source' is a required property" in p
+        for p in err.value.problems
+    ), err.value.problems
 
 
 def test_unknown_code_key_is_refused(tmp_path: Path) -> None:
     cfg = copy_inputs(tmp_path)
-    m = mapping_path(tmp_path).read_text().replace("codes: [sct-osteomyelitis-vertebra]", "codes: [sct-osteomyelitis]")
+    m = (
+        mapping_path(tmp_path)
+        .read_text()
+        .replace("codes: [sct-osteomyelitis-vertebra]", "codes: [sct-osteomyelitis]")
+    )
     mapping_path(tmp_path).write_text(m)
     with pytest.raises(BuildError) as err:
         build(cfg, tmp_path / "out")
@@ -172,8 +184,13 @@ def test_plan_offers_exactly_one_of_the_two_techniques(built: BuildResult) -> No
     for option in options.values():
         assert option["definitionCanonical"] in urls
         steps = {s["id"].split("-", 1)[1] for s in option["action"]}
-        assert {"antibiotic-prophylaxis", "sedation", "needle-placement", "cement-injection",
-                "complication-observation"} <= steps
+        assert {
+            "antibiotic-prophylaxis",
+            "sedation",
+            "needle-placement",
+            "cement-injection",
+            "complication-observation",
+        } <= steps
         for step in option["action"]:
             if "definitionCanonical" in step:
                 assert step["definitionCanonical"] in urls
@@ -185,8 +202,13 @@ def test_plan_offers_exactly_one_of_the_two_techniques(built: BuildResult) -> No
     assert set(group["goalId"]) == goal_ids
 
 
-def _condition(code: str, system: str = "http://snomed.info/sct", status: str | None = None) -> dict[str, Any]:
-    cond: dict[str, Any] = {"resourceType": "Condition", "code": {"coding": [{"system": system, "code": code}]}}
+def _condition(
+    code: str, system: str = "http://snomed.info/sct", status: str | None = None
+) -> dict[str, Any]:
+    cond: dict[str, Any] = {
+        "resourceType": "Condition",
+        "code": {"coding": [{"system": system, "code": code}]},
+    }
     if status:
         cond["verificationStatus"] = {"coding": [{"code": status}]}
     return cond
@@ -248,8 +270,12 @@ def test_every_clinical_element_traces_to_its_sentence(built: BuildResult) -> No
     assert blob.count(url) > 40
     # offsets point at the quote in the text
     for res in built.resources:
-        for ext in re.findall(r'\{"url": "' + re.escape(url) + r'", "extension": (\[.*?\])\}', json.dumps(res)):
-            parts = {e["url"]: next(v for k, v in e.items() if k.startswith("value")) for e in json.loads(ext)}
+        for ext in re.findall(
+            r'\{"url": "' + re.escape(url) + r'", "extension": (\[.*?\])\}', json.dumps(res)
+        ):
+            parts = {
+                e["url"]: next(v for k, v in e.items() if k.startswith("value")) for e in json.loads(ext)
+            }
             seg = segments[parts["sentence"]]
             if len(seg["spans"]) == 1:
                 assert text[parts["start"] : parts["end"]] == parts["quote"]
@@ -361,8 +387,12 @@ def test_a_second_document_needs_no_code_change(tmp_path: Path) -> None:
 def test_cli_builds_and_refuses_with_a_clear_message(tmp_path: Path) -> None:
     cfg = copy_inputs(tmp_path)
     out = tmp_path / "cli-out"
-    ok = subprocess.run([sys.executable, "-m", "generators.cli", "build", "--config", str(cfg), "--out", str(out)],
-                        capture_output=True, text=True, cwd=tmp_path)
+    ok = subprocess.run(
+        [sys.executable, "-m", "generators.cli", "build", "--config", str(cfg), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert ok.returncode == 0, ok.stderr
     api = build(cfg, tmp_path / "api-out")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == {
@@ -370,8 +400,12 @@ def test_cli_builds_and_refuses_with_a_clear_message(tmp_path: Path) -> None:
     }
     text_path(tmp_path).write_text(text_path(tmp_path).read_text().replace("extremely rare", "very rare"))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    bad = subprocess.run([sys.executable, "-m", "generators.cli", "build", "--config", str(cfg), "--out", str(out)],
-                         capture_output=True, text=True, cwd=tmp_path)
+    bad = subprocess.run(
+        [sys.executable, "-m", "generators.cli", "build", "--config", str(cfg), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert bad.returncode == 1
     assert "quote not found" in bad.stderr and "extremely rare" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -58,7 +58,9 @@ def shareable(cfg: Config) -> dict[str, Any]:
 def publisher_fields(cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {"date": cfg.date, "publisher": cfg.publisher}
     if cfg.contact_email:
-        out["contact"] = [{"name": cfg.publisher, "telecom": [{"system": "email", "value": cfg.contact_email}]}]
+        out["contact"] = [
+            {"name": cfg.publisher, "telecom": [{"system": "email", "value": cfg.contact_email}]}
+        ]
     return out
 
 

@@ -13,7 +13,11 @@ from generators.narrative import narrative
 
 SCOPE = {
     "coding": [
-        {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "treatment", "display": "Treatment"}
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+            "code": "treatment",
+            "display": "Treatment",
+        }
     ]
 }
 CATEGORY = [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Consent Document"}]}]
@@ -39,9 +43,7 @@ def disclosed_risks(cfg: Config, m: Mapping) -> list[dict[str, Any]]:
         ext: list[dict[str, Any]] = [{"url": "outcome", "valueCodeableConcept": outcome}]
         if "frequency" in risk:
             f = risk["frequency"]
-            ext.append(
-                {"url": "frequency", "valueCodeableConcept": concept([m.code(f["code"])], f["text"])}
-            )
+            ext.append({"url": "frequency", "valueCodeableConcept": concept([m.code(f["code"])], f["text"])})
         ext.append({"url": "description", "valueString": risk_sentences(m, risk)})
         if "management" in risk:
             ext.append({"url": "management", "valueString": risk["management"]})

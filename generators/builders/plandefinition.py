@@ -77,9 +77,7 @@ def _step_action(cfg: Config, m: Mapping, tech: dict[str, Any], step: dict[str, 
 
 def _technique_action(cfg: Config, m: Mapping, tech: dict[str, Any]) -> dict[str, Any]:
     plan = m.data["plan"]
-    goal_ids = [
-        g["id"] for g in plan["goals"] if "techniques" not in g or tech["id"] in g["techniques"]
-    ]
+    goal_ids = [g["id"] for g in plan["goals"] if "techniques" not in g or tech["id"] in g["techniques"]]
     action: dict[str, Any] = {
         "extension": source_ext(cfg, m.traces(tech)),
         "id": tech["id"],
@@ -160,9 +158,7 @@ def _goal(cfg: Config, m: Mapping, goal: dict[str, Any]) -> dict[str, Any]:
         "description": {"text": goal["text"]},
     }
     if goal.get("addresses"):
-        out["addresses"] = [
-            concept(codes(m, inds[a]["codes"]), inds[a]["text"]) for a in goal["addresses"]
-        ]
+        out["addresses"] = [concept(codes(m, inds[a]["codes"]), inds[a]["text"]) for a in goal["addresses"]]
     return out
 
 
@@ -282,7 +278,11 @@ def build_activities(cfg: Config, m: Mapping) -> list[dict[str, Any]]:
                 "description": act["text"],
                 **jurisdiction(cfg),
                 "relatedArtifact": [
-                    {"type": "derived-from", "display": m.data["document"]["title"], "resource": cfg.url("PlanDefinition", m.data["plan"]["id"])}
+                    {
+                        "type": "derived-from",
+                        "display": m.data["document"]["title"],
+                        "resource": cfg.url("PlanDefinition", m.data["plan"]["id"]),
+                    }
                 ],
                 "kind": act["kind"],
                 "code": cc,

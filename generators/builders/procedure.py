@@ -62,7 +62,10 @@ def build_procedures(cfg: Config, m: Mapping) -> list[dict[str, Any]]:
             "instantiatesCanonical": [cfg.url("PlanDefinition", plan["id"])],
             "status": ex["status"],
             "code": concept(codes(m, ex["codes"]), tech["title"]),
-            "subject": {"reference": f"Patient/{patient['id']}", "display": f"{patient['given']} {patient['family']}"},
+            "subject": {
+                "reference": f"Patient/{patient['id']}",
+                "display": f"{patient['given']} {patient['family']}",
+            },
             "performedDateTime": ex["performed"],
             "reasonCode": [{"extension": source_ext(cfg, m.traces(ind)), **reason}],
             "bodySite": [concept([m.code(k)], m.code(k).display) for k in ex["levels"]],
@@ -77,9 +80,23 @@ def build_procedures(cfg: Config, m: Mapping) -> list[dict[str, Any]]:
 
 
 _ORDER = [
-    "resourceType", "id", "meta", "text", "extension", "instantiatesCanonical", "basedOn", "status",
-    "code", "subject", "performedDateTime", "performedPeriod", "performer", "reasonCode", "bodySite",
-    "complication", "usedCode",
+    "resourceType",
+    "id",
+    "meta",
+    "text",
+    "extension",
+    "instantiatesCanonical",
+    "basedOn",
+    "status",
+    "code",
+    "subject",
+    "performedDateTime",
+    "performedPeriod",
+    "performer",
+    "reasonCode",
+    "bodySite",
+    "complication",
+    "usedCode",
 ]
 
 

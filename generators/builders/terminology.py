@@ -29,7 +29,10 @@ def build_codesystem(cfg: Config, mappings: list[Mapping]) -> dict[str, Any]:
         "meta": {"profile": [SHAREABLE_CS]},
         "text": narrative(
             ("p", "Local codes for concepts with no confirmed standard code, awaiting terminology review."),
-            table(["Code", "Display", "Definition"], [[c["code"], c["display"], c["definition"]] for c in ordered]),
+            table(
+                ["Code", "Display", "Definition"],
+                [[c["code"], c["display"], c["definition"]] for c in ordered],
+            ),
         ),
         "url": cfg.local_system,
         "version": cfg.version,

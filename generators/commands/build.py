@@ -9,10 +9,20 @@ import click
 
 
 @click.command("build")
-@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
-              help="package.yaml to use (default: the project's).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output folder (default: fhir/ of the project).")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="package.yaml to use (default: the project's).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder (default: fhir/ of the project).",
+)
 @click.option("--no-validate", is_flag=True, help="Skip the offline validation of the output.")
 def command(config: Path | None, out_dir: Path | None, no_validate: bool) -> None:
     """Build the FHIR content package from the source texts and their mappings."""
@@ -27,12 +37,16 @@ def command(config: Path | None, out_dir: Path | None, no_validate: bool) -> Non
     counts: dict[str, int] = {}
     for r in result.resources:
         counts[r["resourceType"]] = counts.get(r["resourceType"], 0) + 1
-    click.echo(f"built {len(result.resources)} resources into {result.out_dir}: "
-               + ", ".join(f"{n} {t}" for t, n in sorted(counts.items())))
+    click.echo(
+        f"built {len(result.resources)} resources into {result.out_dir}: "
+        + ", ".join(f"{n} {t}" for t, n in sorted(counts.items()))
+    )
     term = result.terminology
-    click.echo(f"terminology: {len(term['codes'])} codes used, "
-               f"{len(term['local_codes_awaiting_review'])} local codes awaiting review "
-               "(see terminology-report.md)")
+    click.echo(
+        f"terminology: {len(term['codes'])} codes used, "
+        f"{len(term['local_codes_awaiting_review'])} local codes awaiting review "
+        "(see terminology-report.md)"
+    )
     warnings = [f for f in result.validation if getattr(f[1], "severity", "") == "warning"]
     if not no_validate:
         click.echo(f"validation: no errors, {len(warnings)} warning(s)")
