@@ -11,8 +11,11 @@ from html import escape
 from typing import Any
 
 ALLOWED = frozenset(
-    "div p span b i em strong br ul ol li table thead tbody tr th td h2 h3 h4 a dl dt dd".split()
-)
+    {
+        "div", "p", "span", "b", "i", "em", "strong", "br", "ul", "ol", "li", "table",
+        "thead", "tbody", "tr", "th", "td", "h2", "h3", "h4", "a", "dl", "dt", "dd",
+    }
+)  # fmt: skip
 _ALLOWED_ATTRS = frozenset({"id", "class", "href", "title", "colspan", "rowspan"})
 
 Node = str | tuple[Any, ...]
