@@ -44,14 +44,16 @@ class Fault:
     kind: str  # drop | drop_response | status | delay
     method: str | None = None
     path: str | None = None  # substring of the request path (with query)
+    body: str | None = None  # substring of the request body
     times: int = 1
     code: int = 503
     retry_after: str | None = None
     seconds: float = 0.0
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body: str) -> bool:
         return (
-            self.times > 0
+            (self.body is None or self.body in body)
+            and self.times > 0
             and (self.method is None or self.method == method)
             and (self.path is None or self.path in path)
         )
@@ -63,6 +65,8 @@ class Seen:
     path: str
     fault: str | None
     upstream_status: int | None
+    headers: dict[str, str]
+    body: bytes
 
 
 class FaultProxy:
@@ -96,10 +100,11 @@ class FaultProxy:
             self.faults.clear()
             self._chaos = None
 
-    def _pick(self, method: str, path: str) -> Fault | None:
+    def _pick(self, method: str, path: str, body: bytes) -> Fault | None:
+        text = body.decode("utf-8", "replace")
         with self._lock:
             for f in self.faults:
-                if f.matches(method, path):
+                if f.matches(method, path, text):
                     f.times -= 1
                     return Fault(f.kind, code=f.code, retry_after=f.retry_after, seconds=f.seconds)
             if self._chaos:
@@ -124,7 +129,7 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fault = proxy._pick(self.command, self.path)
+                fault = proxy._pick(self.command, self.path, body)
                 kind = fault.kind if fault else None
                 seen = Seen(
                     self.command, self.path, kind if kind != "status" else f"status {fault.code}", None

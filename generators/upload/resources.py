@@ -100,12 +100,13 @@ def _from_folder(path: Path) -> Iterator[tuple[bytes, str]]:
         yield p.read_bytes(), str(p)
 
 
-def load_resources(path: str | Path) -> list[dict[str, Any]]:
+def load_resources(path: str | Path, skipped: list[str] | None = None) -> list[dict[str, Any]]:
     """Every resource in a folder of JSON files, a Bundle (or single resource) file, or a .tgz.
 
     Container Bundles (transaction, batch, collection, searchset) are unpacked. The same resource
     found twice (e.g. a folder holding both the files and a Bundle of them) is kept once; two
-    different resources with the same type and id are an error.
+    different resources with the same type and id are an error. In a folder, JSON files that are
+    not FHIR resources (reports, ``package.json``) are skipped and listed in ``skipped``.
     """
     path = Path(path)
     if not path.exists():
@@ -122,7 +123,12 @@ def load_resources(path: str | Path) -> list[dict[str, Any]]:
     seen: dict[str, tuple[dict[str, Any], str]] = {}
     out: list[dict[str, Any]] = []
     for data, where in sources:
-        obj = _check_resource(_parse(data, where), where)
+        parsed = _parse(data, where)
+        if path.is_dir() and not (isinstance(parsed, dict) and "resourceType" in parsed):
+            if skipped is not None:
+                skipped.append(where)
+            continue
+        obj = _check_resource(parsed, where)
         for res, res_where in _expand(obj, where):
             if "id" not in res:
                 out.append(res)
@@ -169,13 +175,14 @@ def _literal_target(ref: str, base_url: str | None) -> str | None:
 
 
 def dependency_order(resources: list[dict[str, Any]], base_url: str | None = None) -> list[dict[str, Any]]:
-    """The resources ordered so that each comes after those it refers to.
+    """The resources ordered so that each comes after the resources it refers to literally.
 
-    Edges: literal references (``Type/id``) and canonical references (a string equal to another
-    resource's ``url``, with or without ``|version``). Among resources whose dependencies are
-    satisfied, the type order CodeSystem, ValueSet, StructureDefinition, ..., ActivityDefinition,
-    PlanDefinition, the rest applies, then the input order. Cycles are broken by the same
-    priority (a transaction resolves them; batches may not).
+    Literal references (``Type/id``, relative or absolute on ``base_url``) are hard constraints.
+    Among resources whose references are satisfied, the type order applies (CodeSystem, ValueSet,
+    StructureDefinition, other conformance, ActivityDefinition, PlanDefinition, the rest), then,
+    within one type rank, canonical references (a string equal to another resource's ``url``,
+    with or without ``|version``: e.g. a ValueSet including another), then the input order.
+    Literal cycles are broken by the same priority (a transaction resolves them; batches may not).
     """
     n = len(resources)
     by_key = {key_of(r): i for i, r in enumerate(resources) if "id" in r}
@@ -186,7 +193,9 @@ def dependency_order(resources: list[dict[str, Any]], base_url: str | None = Non
             by_url.setdefault(url, i)
             if isinstance(r.get("version"), str):
                 by_url.setdefault(f"{url}|{r['version']}", i)
+    rank = [TYPE_RANK.get(r["resourceType"], OTHER_RANK) for r in resources]
     deps: list[set[int]] = [set() for _ in range(n)]
+    soft: list[set[int]] = [set() for _ in range(n)]
     for i, r in enumerate(resources):
         refs: list[str] = []
         strings: list[str] = []
@@ -194,34 +203,47 @@ def dependency_order(resources: list[dict[str, Any]], base_url: str | None = Non
         for ref in refs:
             target = _literal_target(ref, base_url)
             j = by_key.get(target) if target else None
-            if j is None:
-                j = by_url.get(ref)
             if j is not None and j != i:
                 deps[i].add(j)
+            elif ref in by_url:
+                strings.append(ref)
         for s in strings:
             j = by_url.get(s)
-            if j is not None and j != i and s != r.get("url"):
-                deps[i].add(j)
+            if j is not None and j != i and rank[j] == rank[i]:
+                soft[i].add(j)
+
+    depth = [0] * n  # longest chain of canonical references within the same rank (cycles cut)
+
+    def soft_depth(i: int, stack: set[int]) -> int:
+        if depth[i] or not soft[i]:
+            return depth[i]
+        stack.add(i)
+        depth[i] = 1 + max((soft_depth(j, stack) for j in soft[i] if j not in stack), default=-1)
+        stack.discard(i)
+        return depth[i]
+
+    for i in range(n):
+        soft_depth(i, set())
+
+    def prio(i: int) -> tuple[int, int, int]:
+        return (rank[i], depth[i], i)
+
     users: list[list[int]] = [[] for _ in range(n)]
     indegree = [len(d) for d in deps]
     for i, d in enumerate(deps):
         for j in d:
             users[j].append(i)
-
-    def prio(i: int) -> tuple[int, int]:
-        return (TYPE_RANK.get(resources[i]["resourceType"], OTHER_RANK), i)
-
     ready = [prio(i) for i in range(n) if indegree[i] == 0]
     heapq.heapify(ready)
     done = [False] * n
     order: list[int] = []
     remaining = sorted(range(n), key=prio)
     while len(order) < n:
-        if not ready:  # a cycle: take the highest-priority resource left
+        if not ready:  # a cycle of literal references: take the highest-priority resource left
             i = next(k for k in remaining if not done[k])
             heapq.heappush(ready, prio(i))
             indegree[i] = 0
-        _, i = heapq.heappop(ready)
+        _, _, i = heapq.heappop(ready)
         if done[i]:
             continue
         done[i] = True
