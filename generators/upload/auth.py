@@ -126,11 +126,14 @@ class SmartBackendAuth(Auth):
             key = load_pem_private_key(private_key_pem.encode("utf-8"), password=None)
         except Exception:  # noqa: BLE001 - the key text must never reach the message
             raise AuthError("the SMART private key is not a readable unencrypted PEM private key") from None
-        key_type = type(key).__name__
-        if algorithm == "RS384" and "RSA" not in key_type:
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+        if algorithm == "RS384" and not isinstance(key, rsa.RSAPrivateKey):
             raise AuthError("RS384 needs an RSA private key")
-        if algorithm == "ES384" and "EllipticCurve" not in key_type:
-            raise AuthError("ES384 needs an EC (P-384) private key")
+        if algorithm == "ES384" and not (
+            isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+        ):
+            raise AuthError("ES384 needs an EC P-384 private key")
         self._jwt = jwt
         self._key = key
         self.client_id = client_id

@@ -1,0 +1,233 @@
+"""Authentication of the uploader: SMART Backend Services against a token endpoint of our own
+(HAPI has no authorization server), and secrets never appearing in the CLI's output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from generators.upload import AuthError, SmartBackendAuth
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _keypair(alg: str) -> tuple[str, object]:
+    key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if alg == "RS384"
+        else ec.generate_private_key(ec.SECP384R1())
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return pem, key.public_key()
+
+
+class TokenServer:
+    """A SMART authorization server of our own on loopback: checks the client assertion."""
+
+    def __init__(self, public_key: object, alg: str, refuse: bool = False) -> None:
+        self.public_key, self.alg, self.refuse = public_key, alg, refuse
+        self.assertions: list[dict] = []
+        self.forms: list[dict[str, list[str]]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def _json(self, code: int, obj: dict) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path == "/fhir/.well-known/smart-configuration":
+                    self._json(
+                        200,
+                        {"token_endpoint": server.token_url, "grant_types_supported": ["client_credentials"]},
+                    )
+                else:
+                    self._json(404, {})
+
+            def do_POST(self) -> None:
+                form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+                server.forms.append(form)
+                if server.refuse:
+                    self._json(400, {"error": "invalid_client", "error_description": "unknown key"})
+                    return
+                try:
+                    claims = jwt.decode(
+                        form["client_assertion"][0],
+                        server.public_key,
+                        algorithms=[server.alg],
+                        audience=server.token_url,
+                    )
+                    header = jwt.get_unverified_header(form["client_assertion"][0])
+                except jwt.PyJWTError as exc:
+                    self._json(400, {"error": "invalid_client", "error_description": str(exc)})
+                    return
+                server.assertions.append({"claims": claims, "header": header})
+                self._json(
+                    200,
+                    {
+                        "access_token": f"tok-{len(server.assertions)}",
+                        "token_type": "bearer",
+                        "expires_in": 300,
+                        "scope": form["scope"][0],
+                    },
+                )
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.token_url = f"{self.base}/token"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("alg", ["RS384", "ES384"])
+def test_smart_backend_services_token(alg: str) -> None:
+    pem, public = _keypair(alg)
+    ts = TokenServer(public, alg)
+    try:
+        auth = SmartBackendAuth("my-client", pem, algorithm=alg, key_id="k1", scope="system/*.rs")
+        import requests
+
+        auth.bind(f"{ts.base}/fhir", requests.Session(), True, 10)
+        assert auth.token() == "tok-1"  # discovered through .well-known/smart-configuration
+        assert auth.token() == "tok-1"  # cached
+        auth.refresh()
+        assert auth.token() == "tok-2"
+        form = ts.forms[0]
+        assert form["grant_type"] == ["client_credentials"]
+        assert form["client_assertion_type"] == ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
+        assert form["scope"] == ["system/*.rs"]
+        first, second = ts.assertions
+        assert (
+            first["header"]["alg"] == alg
+            and first["header"]["kid"] == "k1"
+            and first["header"]["typ"] == "JWT"
+        )
+        c = first["claims"]
+        assert c["iss"] == c["sub"] == "my-client" and c["aud"] == ts.token_url
+        assert 0 < c["exp"] - time.time() <= 300
+        assert first["claims"]["jti"] != second["claims"]["jti"]
+        assert "BEGIN" not in repr(auth)
+    finally:
+        ts.close()
+
+
+def test_smart_refusal_is_a_clear_error_without_secrets() -> None:
+    pem, public = _keypair("RS384")
+    ts = TokenServer(public, "RS384", refuse=True)
+    try:
+        auth = SmartBackendAuth("c", pem, token_url=ts.token_url)
+        with pytest.raises(AuthError, match=r"refused the request \(HTTP 400\): invalid_client") as info:
+            auth.token()
+        assert ts.forms[0]["client_assertion"][0] not in str(info.value)
+    finally:
+        ts.close()
+    with pytest.raises(AuthError, match="not a readable unencrypted PEM"):
+        SmartBackendAuth("c", "-----BEGIN PRIVATE KEY-----\nsecretstuff\n-----END PRIVATE KEY-----\n")
+
+
+def _run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "generators.cli", "upload", *args],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def _resources(tmp_path: Path) -> Path:
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"resourceType": "Patient", "id": "secret-test"}))
+    return f
+
+
+def test_cli_secrets_never_printed_on_errors(tmp_path: Path) -> None:
+    res = _resources(tmp_path)
+    dead = "https://127.0.0.1:9/fhir"  # nothing listens there
+    token = "tok-SECRET-3f9a1c"
+    r = _run_cli(
+        [str(res), "--server", dead, "--auth", "bearer", "--max-attempts", "1"], {"FHIR_TOKEN": token}
+    )
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert token not in r.stdout + r.stderr
+    pw = tmp_path / "pw"
+    pw.write_text("pw-SECRET-77aa\n")
+    r = _run_cli(
+        [
+            str(res),
+            "--server",
+            dead,
+            "--auth",
+            "basic",
+            "--user",
+            "u",
+            "--password-file",
+            str(pw),
+            "--max-attempts",
+            "1",
+        ]
+    )
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "pw-SECRET-77aa" not in r.stdout + r.stderr
+    r = _run_cli([str(res), "--server", dead, "--auth", "bearer", "--token-env", "NOT_SET_ANYWHERE"])
+    assert r.returncode == 2 and "NOT_SET_ANYWHERE, which is not set" in r.stderr
+    # SMART: the token endpoint refuses; neither the key nor the signed assertion is printed
+    pem, public = _keypair("RS384")
+    ts = TokenServer(public, "RS384", refuse=True)
+    try:
+        key = tmp_path / "key.pem"
+        key.write_text(pem)
+        r = _run_cli(
+            [
+                str(res),
+                "--server",
+                "http://127.0.0.1:9/fhir",
+                "--auth",
+                "smart",
+                "--client-id",
+                "c",
+                "--private-key-file",
+                str(key),
+                "--token-url",
+                ts.token_url,
+                "--max-attempts",
+                "1",
+            ]
+        )
+    finally:
+        ts.close()
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "invalid_client" in r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert ts.forms and ts.forms[0]["client_assertion"][0] not in out
+    assert not any(line in out for line in pem.splitlines() if "-----" not in line)
+
+
+def test_cli_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
+    r = _run_cli([str(_resources(tmp_path)), "--server", "http://fhir.example.org/fhir"])
+    assert r.returncode == 2 and "refusing plain http" in r.stderr
