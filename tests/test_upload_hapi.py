@@ -1,0 +1,320 @@
+"""The uploader against the REAL HAPI FHIR server (fixture ``hapi_base_url``), with faults
+injected by a proxy of our own between the two. Every test uses ids and urls unique to it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from generators.upload import RetryPolicy, Uploader, load_resources
+from generators.upload.compare import differences
+from tests.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.hapi
+ROOT = Path(__file__).resolve().parent.parent
+FAST = dict(base_delay=0.05, max_delay=0.5)
+
+
+def make_package(tag: str, n_procedures: int = 3) -> list[dict[str, Any]]:
+    """A small package of our own: conformance, knowledge and clinical resources that refer to
+    each other (literal and canonical references), ids and urls unique to ``tag``."""
+    base = f"http://example.org/upload-test/{tag}"
+    cs_url, vs_url, ad_url = f"{base}/CodeSystem/cs", f"{base}/ValueSet/vs", f"{base}/ActivityDefinition/ad"
+    res: list[dict[str, Any]] = [
+        {"resourceType": "Patient", "id": f"{tag}-pat", "name": [{"family": "Test", "given": [tag]}]},
+        {
+            "resourceType": "PlanDefinition",
+            "id": f"{tag}-pd",
+            "url": f"{base}/PlanDefinition/pd",
+            "version": "1.0.0",
+            "status": "active",
+            "action": [{"title": "do it", "definitionCanonical": ad_url}],
+        },
+        {
+            "resourceType": "ActivityDefinition",
+            "id": f"{tag}-ad",
+            "url": ad_url,
+            "version": "1.0.0",
+            "status": "active",
+            "kind": "ServiceRequest",
+        },
+        {
+            "resourceType": "ValueSet",
+            "id": f"{tag}-vs",
+            "url": vs_url,
+            "version": "1.0.0",
+            "status": "active",
+            "compose": {"include": [{"system": cs_url}]},
+        },
+        {
+            "resourceType": "CodeSystem",
+            "id": f"{tag}-cs",
+            "url": cs_url,
+            "version": "1.0.0",
+            "status": "active",
+            "content": "complete",
+            "concept": [{"code": "a", "display": "A"}, {"code": "b", "display": "B"}],
+        },
+    ]
+    for i in range(n_procedures):
+        res.append(
+            {
+                "resourceType": "Procedure",
+                "id": f"{tag}-proc{i}",
+                "status": "completed",
+                "subject": {"reference": f"Patient/{tag}-pat"},
+                "code": {"coding": [{"system": cs_url, "code": "a"}], "text": f"procedure {i}"},
+            }
+        )
+    return res
+
+
+def key(r: dict[str, Any]) -> str:
+    return f"{r['resourceType']}/{r['id']}"
+
+
+def history(base: str, k: str) -> int:
+    resp = requests.get(
+        f"{base}/{k}/_history", params={"_count": "100"}, headers={"Cache-Control": "no-cache"}, timeout=60
+    )
+    resp.raise_for_status()
+    return len(resp.json().get("entry") or [])
+
+
+def read(base: str, k: str) -> dict[str, Any] | None:
+    resp = requests.get(f"{base}/{k}", timeout=60)
+    return resp.json() if resp.status_code == 200 else None
+
+
+def search_url(base: str, rtype: str, url: str) -> list[dict[str, Any]]:
+    resp = requests.get(
+        f"{base}/{rtype}", params={"url": url}, headers={"Cache-Control": "no-cache"}, timeout=60
+    )
+    resp.raise_for_status()
+    return [e["resource"] for e in resp.json().get("entry") or []]
+
+
+def assert_server_holds_exactly(base: str, resources: list[dict[str, Any]], versions: int = 1) -> None:
+    for r in resources:
+        held = read(base, key(r))
+        assert held is not None, f"{key(r)} missing on the server"
+        assert differences(r, held) == [], key(r)
+        assert history(base, key(r)) == versions, key(r)
+
+
+def test_fresh_second_and_changed_upload(hapi_base_url: str) -> None:
+    tag = f"u{uuid.uuid4().hex[:8]}"
+    res = make_package(tag)
+    up = Uploader(hapi_base_url)
+    plan = up.plan(res)
+    assert [p.action for p in plan] == ["create"] * len(res)
+    order = [p.key for p in plan]
+    assert order[:3] == [f"CodeSystem/{tag}-cs", f"ValueSet/{tag}-vs", f"ActivityDefinition/{tag}-ad"]
+    assert order.index(f"Patient/{tag}-pat") < order.index(f"Procedure/{tag}-proc0")
+
+    first = up.upload(res, verify=True)
+    assert first.ok, first.summary_table()
+    assert all(r.status == "written" and r.version == "1" for r in first.results)
+    assert_server_holds_exactly(hapi_base_url, res)
+
+    second = up.upload(res)
+    assert second.ok and [r.action for r in second.results] == ["unchanged"] * len(res)
+    assert second.requests == 1  # one batch of reads, no write at all
+    assert_server_holds_exactly(hapi_base_url, res)
+
+    changed = copy.deepcopy(res)
+    changed[5]["code"]["text"] = "procedure 0, amended"
+    plan = up.plan(changed)
+    assert [(p.key, p.changes) for p in plan if p.action != "unchanged"] == [
+        (f"Procedure/{tag}-proc0", ["Procedure.code.text"])
+    ]
+    third = up.upload(changed, verify=True)
+    assert third.ok, third.summary_table()
+    assert history(hapi_base_url, f"Procedure/{tag}-proc0") == 2
+    assert_server_holds_exactly(hapi_base_url, [r for r in changed if r["id"] != f"{tag}-proc0"])
+
+
+def test_rejected_resource_rolls_back_the_transaction(hapi_base_url: str) -> None:
+    tag = f"u{uuid.uuid4().hex[:8]}"
+    res = make_package(tag)
+    res[6]["status"] = "not-a-status"  # the server refuses this code
+    report = Uploader(hapi_base_url).upload(res)
+    assert not report.ok
+    assert all(r.status == "failed" for r in report.results)
+    named = {i.resource for i in report.errors}
+    assert f"Procedure/{tag}-proc1" in named, [i.line() for i in report.issues]
+    for r in res:
+        assert read(hapi_base_url, key(r)) is None, f"{key(r)} written despite the failed transaction"
+
+
+def test_conditional_update_on_url_and_version(hapi_base_url: str) -> None:
+    tag = f"u{uuid.uuid4().hex[:8]}"
+    res = make_package(tag, n_procedures=1)
+    canonical = [r for r in res if "url" in r]
+    for r in canonical[:2]:
+        del r["id"]  # servers that assign ids: these have none of their own
+    up = Uploader(hapi_base_url)
+    first = up.upload(res, conditional=True, verify=True)
+    assert first.ok, first.summary_table()
+    second = up.upload(res, conditional=True)
+    assert second.ok and {r.action for r in second.results} == {"unchanged"}, second.summary_table()
+    for r in canonical:
+        held = search_url(hapi_base_url, r["resourceType"], r["url"])
+        assert len(held) == 1, r["url"]
+        assert differences(r, held[0], ignore_id=True) == []
+        assert history(hapi_base_url, f"{r['resourceType']}/{held[0]['id']}") == 1
+    canonical[0]["title"] = "retitled"
+    third = up.upload(res, conditional=True)
+    assert [r.action for r in third.results].count("update") == 1 and third.ok
+    held = search_url(hapi_base_url, canonical[0]["resourceType"], canonical[0]["url"])
+    assert len(held) == 1 and held[0]["meta"]["versionId"] == "2"
+
+
+@pytest.mark.parametrize("mode,size", [("batch", 2), ("transaction", 3), ("put", None)])
+def test_batches_and_single_puts(hapi_base_url: str, mode: str, size: int | None) -> None:
+    tag = f"u{uuid.uuid4().hex[:8]}"
+    res = make_package(tag, n_procedures=4)
+    seen: list[tuple[int, int]] = []
+    report = Uploader(hapi_base_url).upload(
+        res, mode=mode, batch_size=size, progress=lambda d, t: seen.append((d, t))
+    )
+    assert report.ok, report.summary_table()
+    assert seen[-1] == (len(res), len(res))
+    assert_server_holds_exactly(hapi_base_url, res)
+
+
+def test_faults_retry_after_drops_and_delays(hapi_base_url: str) -> None:
+    tag = f"u{uuid.uuid4().hex[:8]}"
+    res = make_package(tag)
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=1), usegmt=True)
+    with FaultProxy(hapi_base_url.rsplit("/fhir", 1)[0]) as proxy:
+        proxy.add("status", code=429, retry_after="1", body='"method":"GET"')  # the plan's reads
+        proxy.add("drop", body='"method":"GET"')
+        proxy.add("status", code=503, retry_after=when, body='"type":"transaction"')
+        proxy.add("drop", body='"type":"transaction"')  # never reached the server
+        proxy.add("delay", seconds=1.0, body='"type":"transaction"')
+        up = Uploader(proxy.url + "/fhir", retry=RetryPolicy(**FAST))
+        report = up.upload(res, verify=True)
+        assert report.ok, report.summary_table()
+        assert report.retries >= 3
+        faults = [s.fault for s in proxy.log if s.fault]
+        assert faults == ["status 429", "drop", "status 503", "drop", "delay"]
+        # the transaction reached the server exactly twice (the delayed send applied it; the
+        # dropped one never arrived) and the state was checked in between
+        assert [s.upstream_status for s in proxy.log if b'"type":"transaction"' in s.body] == [
+            None,
+            None,
+            200,
+        ]
+    assert_server_holds_exactly(hapi_base_url, res)
+
+
+def test_lost_transaction_response_is_checked_not_resent(hapi_base_url: str) -> None:
+    tag = f"u{uuid.uuid4().hex[:8]}"
+    res = make_package(tag)
+    with FaultProxy(hapi_base_url.rsplit("/fhir", 1)[0]) as proxy:
+        proxy.add("drop_response", body='"type":"transaction"')
+        report = Uploader(proxy.url + "/fhir", retry=RetryPolicy(**FAST)).upload(res)
+        assert report.ok, report.summary_table()
+        assert report.lost_responses == 1
+        sent = [s for s in proxy.log if b'"type":"transaction"' in s.body]
+        assert len(sent) == 1 and sent[0].upstream_status == 200  # applied once, never resent
+        assert all("response lost" in r.note for r in report.results)
+    assert_server_holds_exactly(hapi_base_url, res)
+
+
+@pytest.mark.parametrize("mode,conditional", [("batch", True), ("transaction", False)])
+def test_random_faults_then_rerun_leaves_exactly_the_package(
+    hapi_base_url: str, mode: str, conditional: bool
+) -> None:
+    tag = f"u{uuid.uuid4().hex[:8]}"
+    res = make_package(tag, n_procedures=12)
+    with FaultProxy(hapi_base_url.rsplit("/fhir", 1)[0]) as proxy:
+        proxy.chaos(rate=0.35, seed=7 if conditional else 11)
+        up = Uploader(proxy.url + "/fhir", retry=RetryPolicy(max_attempts=4, **FAST))
+        runs = []
+        for _ in range(6):
+            runs.append(up.upload(res, mode=mode, batch_size=3, conditional=conditional))
+            if runs[-1].ok:
+                break
+        assert runs[-1].ok, [r.summary_table() for r in runs]
+        assert any(s.fault for s in proxy.log), "the proxy injected no fault"
+        proxy.clear()
+        again = up.upload(res, mode=mode, batch_size=3, conditional=conditional)
+        assert {r.action for r in again.results} == {"unchanged"}
+    for r in res:
+        if conditional and "url" in r:
+            held = search_url(hapi_base_url, r["resourceType"], r["url"])
+            assert len(held) == 1, f"{r['url']} duplicated"
+        assert_server_holds_exactly(hapi_base_url, [r])
+
+
+def _cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "generators.cli", "upload", *args],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+def test_cli_dry_run_outcomes_and_no_secret(hapi_base_url: str, tmp_path: Path) -> None:
+    tag = f"u{uuid.uuid4().hex[:8]}"
+    res = make_package(tag)
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(
+        json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in res]})
+    )
+    token = f"tok-SECRET-{uuid.uuid4().hex}"
+    env = {"FHIR_TOKEN": token}
+    args = ["--server", hapi_base_url, "--auth", "bearer"]
+    r = _cli([str(bundle), *args, "--dry-run"], env)
+    assert r.returncode == 0, r.stderr
+    assert f"create     CodeSystem/{tag}-cs" in r.stdout and "dry run, nothing written" in r.stdout
+    assert read(hapi_base_url, f"CodeSystem/{tag}-cs") is None
+    r = _cli([str(bundle), *args, "--verify"], env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "every resource read back matches" in r.stdout
+    res[6]["code"]["text"] = "changed"
+    res[7]["status"] = "not-a-status"
+    bundle.write_text(
+        json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in res]})
+    )
+    r = _cli([str(bundle), *args, "--dry-run"], env)
+    assert f"update     Procedure/{tag}-proc1  (Procedure.code.text)" in r.stdout
+    r = _cli([str(bundle), *args], env)
+    assert r.returncode == 1
+    assert f"Procedure/{tag}-proc2" in r.stdout and "ERROR" in r.stdout and "Traceback" not in r.stderr
+    assert token not in r.stdout + r.stderr
+    assert history(hapi_base_url, f"Procedure/{tag}-proc1") == 1  # the transaction was rolled back
+
+
+def test_real_package_upload_twice_and_validate(hapi_base_url: str) -> None:
+    fhir = ROOT / "fhir"
+    if not any(fhir.glob("*.json")):
+        pytest.fail("fhir/ holds no built package: run `procfhir build` first")
+    tgz = next(fhir.glob("*.tgz"))
+    r = _cli([str(tgz), "--server", hapi_base_url, "--verify"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _cli([str(fhir), "--server", hapi_base_url, "--dry-run"])
+    assert r.returncode == 0 and "create" not in r.stdout.split("resource type")[0], r.stdout
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("unchanged", "update"))]
+    assert lines and all(ln.startswith("unchanged") for ln in lines), r.stdout
+    resources = load_resources(fhir)
+    versions = {key(x): history(hapi_base_url, key(x)) for x in resources}
+    r = _cli([str(fhir), "--server", hapi_base_url, "--validate"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert {key(x): history(hapi_base_url, key(x)) for x in resources} == versions
