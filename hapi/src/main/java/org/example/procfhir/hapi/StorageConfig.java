@@ -1,0 +1,109 @@
+package org.example.procfhir.hapi;
+
+import ca.uhn.fhir.context.FhirContext;
+import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
+import ca.uhn.fhir.jpa.config.util.HapiEntityManagerFactoryUtil;
+import ca.uhn.fhir.jpa.model.config.PartitionSettings;
+import ca.uhn.fhir.jpa.model.config.SubscriptionSettings;
+import ca.uhn.fhir.jpa.model.dialect.HapiFhirH2Dialect;
+import ca.uhn.fhir.jpa.subscription.match.deliver.email.IEmailSender;
+import ca.uhn.fhir.jpa.util.LoggingEmailSender;
+import com.zaxxer.hikari.HikariConfig;
+import com.zaxxer.hikari.HikariDataSource;
+import jakarta.persistence.EntityManagerFactory;
+import java.util.Properties;
+import javax.sql.DataSource;
+import org.springframework.beans.factory.annotation.Value;
+import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
+import org.springframework.context.annotation.Bean;
+import org.springframework.context.annotation.Configuration;
+import org.springframework.context.annotation.Primary;
+import org.springframework.orm.jpa.JpaTransactionManager;
+import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
+
+/** Storage: H2 database, Hibernate, and the JPA server's settings. */
+@Configuration
+public class StorageConfig {
+
+	/**
+	 * The JDBC URL. Default: a private in-memory database (fresh on every start). A file
+	 * database, e.g. {@code jdbc:h2:file:./run/hapi-8090}, keeps data across restarts.
+	 */
+	@Value("${procfhir.jdbc-url:jdbc:h2:mem:procfhir;DB_CLOSE_DELAY=-1}")
+	private String myJdbcUrl;
+
+	@Bean
+	public JpaStorageSettings storageSettings() {
+		JpaStorageSettings settings = new JpaStorageSettings();
+		// Client-assigned ids containing a letter are accepted (purely numeric ones are not).
+		settings.setResourceClientIdStrategy(JpaStorageSettings.ClientIdStrategyEnum.ALPHANUMERIC);
+		// Never answer a search from the results of an earlier identical search.
+		settings.setReuseCachedSearchResultsForMillis(null);
+		// Let tests reset the database: DELETE with _expunge, and $expunge (expungeEverything).
+		settings.setExpungeEnabled(true);
+		settings.setDeleteExpungeEnabled(true);
+		settings.setAllowMultipleDelete(true);
+		// $install-package installs draft resources too.
+		settings.setValidateResourceStatusForPackageUpload(false);
+		// No Lucene / Elasticsearch index.
+		settings.setAdvancedHSearchIndexing(false);
+		settings.setStoreResourceInHSearchIndex(false);
+		return settings;
+	}
+
+	@Bean
+	public PartitionSettings partitionSettings() {
+		return new PartitionSettings();
+	}
+
+	@Bean
+	public SubscriptionSettings subscriptionSettings() {
+		return new SubscriptionSettings();
+	}
+
+	@Bean
+	public IEmailSender emailSender() {
+		return new LoggingEmailSender();
+	}
+
+	@Bean(destroyMethod = "close")
+	public DataSource dataSource() {
+		HikariConfig config = new HikariConfig();
+		config.setDriverClassName("org.h2.Driver");
+		config.setJdbcUrl(myJdbcUrl);
+		config.setUsername("sa");
+		config.setPassword("");
+		config.setMaximumPoolSize(20);
+		config.setPoolName("procfhir-h2");
+		return new HikariDataSource(config);
+	}
+
+	@Bean
+	@Primary
+	public LocalContainerEntityManagerFactoryBean entityManagerFactory(
+			ConfigurableListableBeanFactory theBeanFactory,
+			FhirContext theFhirContext,
+			JpaStorageSettings theStorageSettings,
+			DataSource theDataSource) {
+		LocalContainerEntityManagerFactoryBean factory =
+				HapiEntityManagerFactoryUtil.newEntityManagerFactory(theBeanFactory, theFhirContext, theStorageSettings);
+		factory.setPersistenceUnitName("HAPI_PU");
+		factory.setDataSource(theDataSource);
+		Properties properties = new Properties();
+		properties.put("hibernate.dialect", HapiFhirH2Dialect.class.getName());
+		properties.put("hibernate.hbm2ddl.auto", "update");
+		properties.put("hibernate.format_sql", "false");
+		properties.put("hibernate.show_sql", "false");
+		properties.put("hibernate.search.enabled", "false");
+		factory.setJpaProperties(properties);
+		return factory;
+	}
+
+	@Bean
+	@Primary
+	public JpaTransactionManager transactionManager(EntityManagerFactory theEntityManagerFactory) {
+		JpaTransactionManager manager = new JpaTransactionManager();
+		manager.setEntityManagerFactory(theEntityManagerFactory);
+		return manager;
+	}
+}
