@@ -1,0 +1,115 @@
+"""FHIRPath expressions of a plan, compiled once and evaluated with a bounded memo.
+
+fhirpathpy interprets an expression in about 0.3 ms; a batch evaluates the same few expressions
+for every patient. The memo key is the environment *projected* onto the element names the
+expression mentions (ids, dates, names the expression never reads are dropped), so patients
+with the same relevant facts (the same condition codes, the same number of levels...) share one
+evaluation. The projection is exact only for expressions that navigate by name; an expression
+using reflective functions (children, descendants...) or comparing two non-literal operands is
+never memoized (see :func:`memo_safe`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from typing import Any
+
+import fhirpathpy
+
+from generators.apply.errors import KnowledgeError
+
+_STRING = re.compile(r"'(?:[^'\\]|\\.)*'")
+_BACKTICK = re.compile(r"`((?:[^`\\]|\\.)*)`")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_REFLECTIVE = re.compile(r"\b(children|descendants|repeat|trace|aggregate|resolve|extension|memberOf)\s*\(")
+# a comparison operator and the operand on each side
+_COMPARISON = re.compile(r"(!=|!~|<=|>=|=|~|<|>|\bin\b|\bcontains\b)")
+_LITERAL = re.compile(r"^\s*(''|-?\d+(\.\d+)?|true|false|@[0-9T:\-+.Z]+|\{\s*\})")
+_LITERAL_END = re.compile(r"(''|\d|true|false|\})\s*$")
+_LITERAL_UNION = re.compile(r"^\s*\((\s*(''|-?\d+(\.\d+)?)\s*\|?)+\)")
+
+
+def memo_safe(expression: str) -> bool:
+    """True when projecting the environment onto the names used cannot change the result."""
+    text = _STRING.sub("''", expression)
+    if "`" in text or _REFLECTIVE.search(text) or "$this" in text or "$index" in text:
+        return False
+    for m in _COMPARISON.finditer(text):
+        before, after = text[: m.start()], text[m.end() :]
+        if not (_LITERAL_END.search(before) or _LITERAL.match(after) or _LITERAL_UNION.match(after)):
+            return False
+    return True
+
+
+def names_used(expression: str) -> frozenset[str]:
+    text = _STRING.sub("''", expression)
+    return frozenset(_WORD.findall(text)) | {"resourceType"}
+
+
+def project(value: Any, names: frozenset[str]) -> Any:
+    """Keep only the object keys in ``names`` (and their ``_name`` primitive extensions), deeply."""
+    if isinstance(value, dict):
+        return {
+            k: project(v, names) for k, v in value.items() if k in names or (k[:1] == "_" and k[1:] in names)
+        }
+    if isinstance(value, list):
+        return [project(v, names) for v in value]
+    return value
+
+
+class Expression:
+    """A compiled FHIRPath expression evaluated on ``%``-variables only (no focus resource)."""
+
+    def __init__(self, expression: str, language: str = "text/fhirpath", where: str = "") -> None:
+        if language != "text/fhirpath":
+            raise KnowledgeError(
+                f"{where}: expression language {language!r} is not supported (text/fhirpath)"
+            )
+        try:
+            self._fn = fhirpathpy.compile(expression)
+        except Exception as exc:  # fhirpathpy raises various parser errors
+            raise KnowledgeError(f"{where}: the FHIRPath expression does not parse: {exc}") from None
+        self.text = expression
+        self.where = where
+        self.names = names_used(expression)
+        self.memoizable = memo_safe(expression)
+
+    def evaluate(self, env: dict[str, Any]) -> list[Any]:
+        try:
+            return list(self._fn({}, env))
+        except Exception as exc:  # an expression failing on unusual input data
+            raise KnowledgeError(f"{self.where}: evaluating the expression failed: {exc}") from None
+
+
+class Evaluator:
+    """Evaluates a plan's expressions with a bounded (LRU) memo over projected environments."""
+
+    def __init__(self, expressions: list[Expression], max_entries: int = 4096, memo: bool = True) -> None:
+        self.names = frozenset().union(*(e.names for e in expressions)) if expressions else frozenset()
+        self.max_entries = max_entries
+        self.memo = memo
+        self._cache: OrderedDict[tuple[str, str], list[Any]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, env: dict[str, Any]) -> str:
+        """One key per environment, for all the plan's expressions (computed once per patient)."""
+        return json.dumps(project(env, self.names), sort_keys=True, separators=(",", ":"), default=str)
+
+    def evaluate(self, expr: Expression, env: dict[str, Any], env_key: str | None) -> list[Any]:
+        if not (self.memo and expr.memoizable and env_key is not None):
+            return expr.evaluate(env)
+        k = (expr.text, env_key)
+        hit = self._cache.get(k)
+        if hit is not None:
+            self._cache.move_to_end(k)
+            self.hits += 1
+            return hit
+        self.misses += 1
+        result = expr.evaluate(env)
+        self._cache[k] = result
+        if len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+        return result
