@@ -133,6 +133,9 @@ def build(
         "terminology-report.md": report_markdown(terminology).encode(),
         "trace.json": dumps(trace).encode(),
     }
+    from generators.review import render_review
+
+    extra["review.html"] = render_review(result, validated=validate).encode()
     result.files = package_files(cfg, resources, extra)
     if write:
         target = Path(out_dir) if out_dir is not None else DEFAULT_OUT
