@@ -53,7 +53,9 @@ _SCRIPT = (
     "(function(){function f(e,on){var t=e.target.closest&&e.target.closest('[data-seg]');"
     "if(!t)return;var k=t.getAttribute('data-seg');"
     "document.querySelectorAll('[data-seg=\"'+k+'\"]').forEach(function(n){"
-    "n.classList.toggle('hl',on);});}"
+    "n.classList.toggle('hl',on);});"
+    "if(on&&t.classList.contains('seg')){var g=document.getElementById('gen-'+k);"
+    "if(g)g.scrollIntoView({block:'nearest'});}}"
     "document.addEventListener('mouseover',function(e){f(e,true);});"
     "document.addEventListener('mouseout',function(e){f(e,false);});})();"
 )
@@ -90,8 +92,8 @@ border:1px solid #9aa5ae;background:#fff;color:#39444d;vertical-align:middle}
 .k-plan{background:var(--plan)}.k-consent{background:var(--consent)}.k-term{background:var(--term)}
 .k-example{background:var(--example)}.k-none{background:var(--none)}
 .trace{display:grid;grid-template-columns:minmax(0,42%) minmax(0,58%);gap:20px;align-items:start}
-.source-text{position:sticky;top:44px;max-height:calc(100vh - 56px);overflow:auto;background:#fff;
-border:1px solid var(--line);border-radius:6px;padding:8px 16px}
+.source-text,.trace .elements{max-height:calc(100vh - 60px);overflow:auto}
+.source-text{background:#fff;border:1px solid var(--line);border-radius:6px;padding:8px 16px}
 .source-text p{margin:10px 0}
 a.seg{color:inherit;text-decoration:none;border-radius:3px;padding:1px 2px;
 border-bottom:2px solid transparent}
@@ -138,7 +140,8 @@ tr.has-error td{background:#fdecea}
 ul.issues{margin:0;padding-left:18px;font-size:13px}
 li.sev-error,li.sev-fatal{color:var(--bad)}
 .signoff td{height:44px}
-@media print{.source-text{position:static;max-height:none}nav.toc{display:none}.trace{display:block}}
+@media print{.source-text,.trace .elements{max-height:none;overflow:visible}nav.toc{display:none}
+.trace{display:block}}
 """
 
 
@@ -551,7 +554,9 @@ def _terminology_section(result: Any) -> str:
     return (
         '<section class="part" id="terminology"><h2>Terminology</h2>'
         f"<p>{len(codes)} codes used by the package, each with the source it was confirmed in.</p>{callout}"
-        "<table><thead><tr><th>System</th><th>Code</th><th>Display</th><th>Confirmed in</th>"
+        '<table><colgroup><col style="width:15%"><col style="width:13%"><col style="width:24%">'
+        '<col style="width:20%"><col></colgroup>'
+        "<thead><tr><th>System</th><th>Code</th><th>Display</th><th>Confirmed in</th>"
         f"<th>Used in</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
     )
 
