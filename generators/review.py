@@ -137,6 +137,7 @@ tr.local td{background:#fff4cc}
 tr.local td:first-child{border-left:5px solid #d97706}
 .callout{border:2px solid #d97706;background:#fff8e6;border-radius:6px;padding:8px 12px;margin:8px 0}
 tr.has-error td{background:#fdecea}
+table.validation{table-layout:fixed}table.validation td{overflow-wrap:anywhere}
 ul.issues{margin:0;padding-left:18px;font-size:13px}
 li.sev-error,li.sev-fatal{color:var(--bad)}
 .signoff td{height:44px}
@@ -602,7 +603,8 @@ def _validation_section(result: Any, validated: bool | None) -> str:
         )
     return (
         f'<section class="part" id="validation"><h2>Validation</h2>{head}'
-        "<table><thead><tr><th>Resource</th><th>Profile</th><th>Result</th></tr></thead>"
+        '<table class="validation"><colgroup><col style="width:22%"><col style="width:22%"><col></colgroup>'
+        "<thead><tr><th>Resource</th><th>Profile</th><th>Result</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table></section>"
     )
 
@@ -628,11 +630,23 @@ def _validation_row(
         status = f'<span class="badge warn">valid, {warnings} warning(s)</span>'
     else:
         status = '<span class="badge ok">valid</span>'
-    items = "".join(
-        f'<li class="sev-{_e(sev)}"><b>{_e(sev)}</b> <code>{_e(loc)}</code> {_e(msg)}</li>'
-        for sev, loc, msg in issues
-    )
-    detail = f'<ul class="issues">{items}</ul>' if items else ""
+
+    def listed(selected: list[tuple[str, str, str]]) -> str:
+        items = "".join(
+            f'<li class="sev-{_e(sev)}"><b>{_e(sev)}</b> <code>{_e(loc)}</code> {_e(msg)}</li>'
+            for sev, loc, msg in selected
+        )
+        return f'<ul class="issues">{items}</ul>'
+
+    serious = [i for i in issues if i[0] in ("error", "fatal")]
+    other = [i for i in issues if i[0] not in ("error", "fatal")]
+    detail = listed(serious) if serious else ""
+    if other:  # warnings and information fold away (a <details>, no script needed)
+        counts = ", ".join(
+            f"{n} {sev}" for sev in _SEVERITIES[2:] if (n := sum(1 for i in other if i[0] == sev))
+        )
+        summary = counts or f"{len(other)} other"
+        detail += f"<details><summary>{_e(summary)}</summary>{listed(other)}</details>"
     cls = "has-error" if errors else ""
     return (
         f'<tr id="{res_anchor(ref)}" class="{cls}" data-resource="{_e(ref)}"><td>{_e(ref)}</td>'
