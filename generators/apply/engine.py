@@ -118,7 +118,7 @@ class Plan:
             self._compile(a, f"PlanDefinition/{self.plan['id']}.action[{i}]")
             for i, a in enumerate(self.plan.get("action", []))
         ]
-        self.evaluator = Evaluator(self.expressions, memo=memo)
+        self.evaluator = Evaluator(memo=memo)
         self.choices: dict[str, list[str]] = {}  # choice id -> ids of its ancestors (root first)
         self._index_choices(self.actions, [])
         if not self.choices:
@@ -201,9 +201,8 @@ class Plan:
     def evaluate(self, ctx: PatientContext) -> Outcome:
         """Walk the plan for one patient; raise :class:`NotApplicable` when the choice is excluded."""
         env = self.environment(ctx)
-        key = self.evaluator.key(env) if self.evaluator.memo else None
         checks: list[ConditionCheck] = []
-        selected = [s for a in self.actions if (s := self._walk(a, env, key, ctx.technique, checks))]
+        selected = [s for a in self.actions if (s := self._walk(a, env, ctx.technique, checks))]
         path = self.choices[ctx.technique]
         if not _reached(selected, path):
             failed = [c for c in checks if not c.result and c.action in path]
@@ -216,13 +215,12 @@ class Plan:
         self,
         a: CompiledAction,
         env: dict[str, Any],
-        key: str | None,
         choice: str,
         checks: list[ConditionCheck],
     ) -> Selected | None:
         ok = True
         for name, description, expr in a.conditions:
-            result = self.evaluator.evaluate(expr, env, key)
+            result = self.evaluator.evaluate(expr, env)
             if result and not all(isinstance(r, bool) for r in result):
                 raise KnowledgeError(f"{expr.where}: the condition gave {result!r}, not a boolean")
             value = result == [True]
@@ -236,12 +234,12 @@ class Plan:
             if not candidates and a.raw.get("selectionBehavior") in ("exactly-one", "one-or-more"):
                 ids = ", ".join(c.id for c in a.children)
                 raise ApplyError("technique", f"the plan's action {a.id} needs a choice among {ids}")
-        children = [s for c in candidates if (s := self._walk(c, env, key, choice, checks))]
+        children = [s for c in candidates if (s := self._walk(c, env, choice, checks))]
         if a.is_choice and candidates and not children:
             return None  # the chosen option is excluded by its own conditions
         values = []
         for dv in [*a.activity_dynamic, *a.dynamic]:
-            result = self.evaluator.evaluate(dv.expression, env, key)
+            result = self.evaluator.evaluate(dv.expression, env)
             if result:
                 values.append((dv, result))
         return Selected(a, children, values)

@@ -11,17 +11,18 @@ never memoized (see :func:`memo_safe`).
 
 from __future__ import annotations
 
-import json
 import re
 from collections import OrderedDict
 from typing import Any
 
 import fhirpathpy
+import orjson
 
 from generators.apply.errors import KnowledgeError
 
 _STRING = re.compile(r"'(?:[^'\\]|\\.)*'")
 _BACKTICK = re.compile(r"`((?:[^`\\]|\\.)*)`")
+_VARIABLE = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REFLECTIVE = re.compile(r"\b(children|descendants|repeat|trace|aggregate|resolve|extension|memberOf)\s*\(")
 # a comparison operator and the operand on each side
@@ -74,6 +75,7 @@ class Expression:
         self.text = expression
         self.where = where
         self.names = names_used(expression)
+        self.variables = sorted(set(_VARIABLE.findall(_STRING.sub("''", expression))))
         self.memoizable = memo_safe(expression)
 
     def evaluate(self, env: dict[str, Any]) -> list[Any]:
@@ -84,24 +86,24 @@ class Expression:
 
 
 class Evaluator:
-    """Evaluates a plan's expressions with a bounded (LRU) memo over projected environments."""
+    """Evaluates a plan's expressions with a bounded (LRU) memo over projected environments.
 
-    def __init__(self, expressions: list[Expression], max_entries: int = 4096, memo: bool = True) -> None:
-        self.names = frozenset().union(*(e.names for e in expressions)) if expressions else frozenset()
+    The key of an expression is the environment restricted to the ``%``-variables it uses,
+    projected onto the element names it mentions: ``%levels.count()`` only sees how many levels.
+    """
+
+    def __init__(self, max_entries: int = 16384, memo: bool = True) -> None:
         self.max_entries = max_entries
         self.memo = memo
-        self._cache: OrderedDict[tuple[str, str], list[Any]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, bytes], list[Any]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def key(self, env: dict[str, Any]) -> str:
-        """One key per environment, for all the plan's expressions (computed once per patient)."""
-        return json.dumps(project(env, self.names), sort_keys=True, separators=(",", ":"), default=str)
-
-    def evaluate(self, expr: Expression, env: dict[str, Any], env_key: str | None) -> list[Any]:
-        if not (self.memo and expr.memoizable and env_key is not None):
+    def evaluate(self, expr: Expression, env: dict[str, Any]) -> list[Any]:
+        if not (self.memo and expr.memoizable):
             return expr.evaluate(env)
-        k = (expr.text, env_key)
+        projected = {v: project(env.get(v), expr.names) for v in expr.variables}
+        k = (expr.text, orjson.dumps(projected, option=orjson.OPT_SORT_KEYS))
         hit = self._cache.get(k)
         if hit is not None:
             self._cache.move_to_end(k)

@@ -7,6 +7,7 @@ Every id derives from the context's key, so applying the same context twice give
 from __future__ import annotations
 
 import base64
+from html import escape
 from typing import Any
 
 from generators.apply.engine import Outcome, Plan, Selected, set_path
@@ -42,6 +43,10 @@ def region_code(code: dict[str, Any], first_level: str) -> dict[str, Any]:
     return out
 
 
+_NAME = "\x00patient-name\x00"
+_LEVELS = "\x00levels\x00"
+
+
 def _ids(ctx_key: str) -> dict[str, str]:
     return {k: f"{k}-{ctx_key}" for k in ("careplan", "requestgroup", "consent", "procedure")}
 
@@ -69,6 +74,20 @@ class Builder:
         self.consent_template = consent
         self.consent_title = self.m.data["consent"]["title"]
         self.procedure_profile = meta(self.cfg, "vertebral-augmentation-procedure")
+        # The consent form and narrative differ between patients only by name, technique and
+        # levels: rendered once per technique by the lead's builders with placeholders, which are
+        # then replaced by the escaped values (a test checks this equals a direct rendering).
+        self._forms: dict[str, tuple[str, str]] = {}
+
+    def _consent_texts(self, technique: str, name: str, levels: list[str]) -> tuple[str, str]:
+        tpl = self._forms.get(technique)
+        if tpl is None:
+            form = consent_form_html(self.m, [technique], _NAME, [_LEVELS])
+            div = consent_narrative(self.m, [technique], _NAME)["div"]
+            tpl = self._forms[technique] = (form, div)
+        form, div = tpl
+        form = form.replace(_NAME, escape(name)).replace(_LEVELS, escape(", ".join(levels)))
+        return form, div.replace(_NAME, escape(name, quote=False))
 
     def build(self, out: Outcome) -> list[dict[str, Any]]:
         ctx = out.context
@@ -232,7 +251,7 @@ class Builder:
 
     def consent(self, ctx: Any, rid: str) -> dict[str, Any]:
         t = self.consent_template
-        html = consent_form_html(self.m, [ctx.technique], ctx.patient_name, ctx.level_labels)
+        html, div = self._consent_texts(ctx.technique, ctx.patient_name, ctx.level_labels)
         code = self.provision_codes.get(ctx.technique)
         if code is None:
             raise KnowledgeError(f"the consent template has no provision for {ctx.technique}")
@@ -240,7 +259,7 @@ class Builder:
             "resourceType": "Consent",
             "id": rid,
             "meta": t["meta"],
-            "text": consent_narrative(self.m, [ctx.technique], ctx.patient_name),
+            "text": {"status": "generated", "div": div},
             "extension": t["extension"],
             "status": "proposed",
             "scope": t["scope"],
