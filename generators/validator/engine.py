@@ -762,7 +762,7 @@ class Validator:
         if value.startswith("#"):
             return
         url = value.split("|", 1)[0]
-        if node.path.endswith("meta.profile") or node.path.endswith(".url") and node.path.count(".") == 1:
+        if node.path == "Meta.profile":  # reported as "profile cannot be found"
             return
         res = self.defs.resource(url)
         if res is None:
