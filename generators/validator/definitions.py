@@ -186,6 +186,7 @@ class Definitions:
         self._compiled: dict[str, CompiledSD | None] = {}
         self.extra: dict[str, dict[str, Any]] = {}
         self.package_bases: set[str] = set()
+        self.package_types: set[tuple[str, str]] = set()  # (base, resourceType) of extra definitions
         for res in extra or []:
             self.add(res)
 
@@ -199,7 +200,9 @@ class Definitions:
         rtype = res.get("resourceType", "")
         marker = f"/{rtype}/"
         if marker in url:
-            self.package_bases.add(url.split(marker, 1)[0] + "/")
+            base = url.split(marker, 1)[0] + "/"
+            self.package_bases.add(base)
+            self.package_types.add((base, rtype))
 
     def resource(self, url: str) -> dict[str, Any] | None:
         url = url.split("|", 1)[0]

@@ -766,7 +766,9 @@ class Validator:
             return
         res = self.defs.resource(url)
         if res is None:
-            in_package = any(url.startswith(b) for b in self.defs.package_bases)
+            # an error when the package defines resources of that type under that base (so this
+            # one is missing); a warning when the validator was given none of that type
+            in_package = any(url.startswith(f"{b}{t}/") for b, t in self.defs.package_types)
             core = (
                 url.startswith("http://hl7.org/fhir/")
                 and url.split("/")[4:5] != [""]
