@@ -103,7 +103,7 @@ class Builder:
             if a.activity is not None:
                 ad = a.activity
                 code = ad.get("code") or {"text": ad.get("title", a.id)}
-                canonical = ad["url"] + (f"|{ad['version']}" if ad.get("version") else "")
+                canonical = ad["url"]
                 title = ad.get("title") or raw.get("title") or a.id
             else:
                 code = (raw.get("code") or [{"text": raw.get("title", a.id)}])[0]
@@ -269,7 +269,7 @@ class Builder:
             "performer": [ctx.performer],
             "organization": [ctx.organization],
             "sourceAttachment": {
-                "contentType": "text/html; charset=utf-8",
+                "contentType": "text/html",  # the treatment-consent profile fixes it
                 "language": "en",
                 "data": base64.b64encode(html.encode("utf-8")).decode("ascii"),
                 "title": f"{self.consent_title}: {ctx.patient_name}",
