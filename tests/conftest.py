@@ -1,0 +1,49 @@
+"""Shared fixtures. ``hapi_base_url``: ONE real HAPI FHIR server per test session.
+
+The server (``hapi/``, see :mod:`generators.hapi_server`) starts on a free port of 127.0.0.1 with a
+fresh in-memory database the first time a test asks for ``hapi_base_url``, and stops when the
+session ends. It is shared by every test of the session: use resource ids and canonical urls
+unique to your test (ids must contain a letter), and send ``Cache-Control: no-cache`` if you like
+(the server never reuses cached search results anyway). A test that needs an empty server may call
+:func:`generators.hapi_server.expunge_all`, but only if it can tolerate (and does not break)
+other tests' data, i.e. practically never in a shared session.
+
+Without Java 17+ or Maven, tests using the fixture are skipped with the reason, except under
+``CI=true``, where that is an error: CI must run the integration tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from generators.hapi_server import HapiError, HapiServer, HapiUnavailable, free_port
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+START_TIMEOUT = float(os.environ.get("HAPI_START_TIMEOUT", "300"))
+
+
+@pytest.fixture(scope="session")
+def hapi_server() -> Iterator[HapiServer]:
+    """The session's running :class:`HapiServer` (for its pid, RSS, log); prefer ``hapi_base_url``."""
+    server = HapiServer(free_port())
+    try:
+        server.start(timeout=START_TIMEOUT)
+    except HapiUnavailable as exc:
+        if IN_CI:
+            pytest.fail(f"CI=true but the HAPI FHIR server cannot be built/started: {exc}", pytrace=False)
+        pytest.skip(f"HAPI FHIR integration test skipped: {exc} (install Java 17+ and Maven to run it)")
+    except HapiError as exc:
+        pytest.fail(f"HAPI FHIR server did not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def hapi_base_url(hapi_server: HapiServer) -> str:
+    """``http://127.0.0.1:PORT/fhir`` of the session's real HAPI FHIR R4 server."""
+    return hapi_server.base_url
