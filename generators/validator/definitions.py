@@ -43,6 +43,7 @@ class Node:
         "constraints",
         "content_ref",
         "slice_name",
+        "repeats",
         "_keymap",
         "sd",
     )
@@ -59,6 +60,8 @@ class Node:
         self.min: int = int(ed.get("min", 0))
         mx = ed.get("max", "*")
         self.max: int | None = None if mx == "*" else int(mx)
+        base_max = (ed.get("base") or {}).get("max", mx)
+        self.repeats: bool = base_max != "1" and mx != "1"
         self.types: list[dict[str, Any]] = ed.get("type") or []
         self.children: dict[str, Node] = {}
         self.slices: list[Node] = []

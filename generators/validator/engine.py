@@ -317,7 +317,7 @@ class Validator:
             key, tcode, value, _ = entries[0]
             items: list[tuple[str, Any]]
             if isinstance(value, list):
-                if child.max == 1 and child.path.count(".") != 0:
+                if not child.repeats:
                     ctx.add(
                         "error",
                         f"{loc}.{key}",
@@ -328,7 +328,7 @@ class Validator:
                     ctx.add("error", f"{loc}.{key}", "arrays must not be empty", "structure")
                 items = [(f"{loc}.{key}[{i}]", v) for i, v in enumerate(value)]
             else:
-                if child.max != 1:
+                if child.repeats:
                     ctx.add(
                         "error",
                         f"{loc}.{key}",
@@ -358,7 +358,7 @@ class Validator:
             for iloc, v in items:
                 if v is None and not (isinstance(value, list) and f"_{key}" in obj):
                     ctx.add("error", iloc, "null is not allowed here", "structure")
-            if child.slices or (tcode in _EXT_TYPES and child.slicing is None):
+            if child.slices or tcode in _EXT_TYPES:
                 self._slices(child, [(iloc, v, tcode) for iloc, v in real], loc, ctx, parent)
             else:
                 for iloc, v in real:
@@ -603,6 +603,8 @@ class Validator:
                 return  # fhirpath/extension contexts: not judged
             if expr in ("Element", "Base") or expr == host_path or expr in host_types:
                 return
+            if expr.startswith(host_path + "."):
+                return  # core itself puts e.g. structuredefinition-fhir-type on ElementDefinition.type
             if is_resource and expr in ("Resource", "DomainResource"):
                 return
             if expr.split(".", 1)[0] in ("BackboneElement",) and not is_resource:

@@ -38,8 +38,11 @@ def _tgz(path: Path) -> Iterator[tuple[str, Any, Issue | None]]:
                 res, issue = _parse(fh.read(), src)
                 yield src, res, issue
     except (tarfile.TarError, OSError, EOFError) as exc:
-        yield str(path), None, Issue("fatal", "", f"not a readable package tarball: {exc}", "structure",
-                                     source=str(path))
+        yield (
+            str(path),
+            None,
+            Issue("fatal", "", f"not a readable package tarball: {exc}", "structure", source=str(path)),
+        )
 
 
 def read_inputs(paths: list[str]) -> Iterator[tuple[str, Any, Issue | None]]:
@@ -61,9 +64,17 @@ def read_inputs(paths: list[str]) -> Iterator[tuple[str, Any, Issue | None]]:
                         continue
                     yield str(f), res, issue
                 elif f.name.endswith((".tgz", ".tar.gz")):
-                    yield str(f), None, Issue("information", "", "skipped: a package tarball inside a folder "
-                                              "(name it explicitly to validate it)", "informational",
-                                              source=str(f))
+                    yield (
+                        str(f),
+                        None,
+                        Issue(
+                            "information",
+                            "",
+                            "skipped: a package tarball inside a folder (name it explicitly to validate it)",
+                            "informational",
+                            source=str(f),
+                        ),
+                    )
         elif path.is_file():
             if path.name.endswith((".tgz", ".tar.gz")):
                 yield from _tgz(path)

@@ -13,6 +13,8 @@ NATIVE: dict[str, str] = {
     "ele-1": "checked natively (an element has a value or children); it sits on every element, and "
     "evaluating it through fhirpathpy on each would dominate the run time",
     "ext-1": "checked natively (an extension has either a value or sub-extensions, not both)",
+    "ref-1": "checked natively (a '#id' reference names a resource contained in the container), with a "
+    "clearer message at the reference itself",
     "txt-1": "htmlChecks() is a FHIR-specific function fhirpathpy does not implement: the native "
     "XHTML checker (generators.validator.xhtml) applies the narrative rules instead",
     "txt-2": "htmlChecks() (non-whitespace content): checked by the native XHTML checker",

@@ -12,8 +12,12 @@ from generators.validator.inputs import definitions_in, read_inputs
 from generators.validator.issues import Issue
 
 
-def validate_paths(paths: list[str], profile: str | None = None, definitions: list[str] | None = None,
-                   core_dir: Path | None = None) -> tuple[list[Issue], int]:
+def validate_paths(
+    paths: list[str],
+    profile: str | None = None,
+    definitions: list[str] | None = None,
+    core_dir: Path | None = None,
+) -> tuple[list[Issue], int]:
     """(issues, number of resources validated). Resources with a url among the inputs (and in
     ``definitions`` paths) resolve canonicals and profiles."""
     issues: list[Issue] = []

@@ -20,6 +20,10 @@ class SnapshotError(Exception):
     """A differential that cannot be applied to its base."""
 
 
+_BASE_ONLY_EXTENSIONS = {
+    "http://hl7.org/fhir/StructureDefinition/structuredefinition-normative-version",
+    "http://hl7.org/fhir/StructureDefinition/structuredefinition-standards-status",
+}
 # Differential keys that are not copied onto the snapshot element.
 _SKIP = {"id", "path"}
 
@@ -68,6 +72,11 @@ def generate_snapshot(sd: dict[str, Any], defs: Definitions) -> dict[str, Any]:
     if base is None:
         raise SnapshotError(f"{url}: base definition {base_url} not found")
     elements: list[dict[str, Any]] = copy.deepcopy(base.resource["snapshot"]["element"])
+    for ed in elements:  # the base's publication status is not the profile's
+        if "extension" in ed:
+            ed["extension"] = [e for e in ed["extension"] if e.get("url") not in _BASE_ONLY_EXTENSIONS]
+            if not ed["extension"]:
+                del ed["extension"]
     index = {(e.get("id") or e["path"]): i for i, e in enumerate(elements)}
 
     def reindex() -> None:
