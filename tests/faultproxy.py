@@ -132,7 +132,12 @@ class FaultProxy:
                 fault = proxy._pick(self.command, self.path, body)
                 kind = fault.kind if fault else None
                 seen = Seen(
-                    self.command, self.path, kind if kind != "status" else f"status {fault.code}", None
+                    self.command,
+                    self.path,
+                    kind if kind != "status" else f"status {fault.code}",
+                    None,
+                    dict(self.headers.items()),
+                    body,
                 )
                 with proxy._lock:
                     proxy.log.append(seen)

@@ -24,6 +24,23 @@ MODES = ("transaction", "batch", "put")
 READ_CHUNK = 200
 _ENTRY_INDEX = re.compile(r"Bundle\.entry\[(\d+)\]")
 _STATUS = re.compile(r"^\s*(\d{3})")
+_TYPE_ID = re.compile(r"\b([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})\b")
+_QUOTED = re.compile(r"[\"'“]([^\"'”\s][^\"'”]{1,199})[\"'”]")
+_ELEMENT = re.compile(r"element=[\"']([^\"']+)[\"']")
+
+
+def _strings(obj: Any, out: set[str] | None = None) -> set[str]:
+    """Every string value in a resource."""
+    out = set() if out is None else out
+    if isinstance(obj, str):
+        out.add(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _strings(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _strings(v, out)
+    return out
 
 
 @dataclass
@@ -193,7 +210,12 @@ class Uploader:
                     f"a {res['resourceType']} without an id cannot be PUT to its id"
                     + ("" if conditional else " (conditional mode uses url instead)")
                 )
-            p = PlannedAction(resource=res, key=key_of(res), action="create", conditional=cond)
+            key = key_of(res)
+            if not isinstance(res.get("id"), str):  # conditional, no id of its own: name it by url
+                key = f"{res['resourceType']}?url={res['url']}"
+                if isinstance(res.get("version"), str):
+                    key += f"&version={res['version']}"
+            p = PlannedAction(resource=res, key=key, action="create", conditional=cond)
             planned.append(p)
             if not cond:
                 by_id.append(p)
@@ -232,18 +254,33 @@ class Uploader:
         }
 
     def _attribute(self, issues: list[Issue], chunk: list[PlannedAction]) -> list[Issue]:
-        """Tie transaction-level issues to the entry they name (by entry index or Type/id)."""
+        """Tie request-level issues of a failed transaction to the entry they concern.
+
+        In order: an entry index in the location (``Bundle.entry[3]``); an entry's ``Type/id``
+        named in the message (not as a missing target); a value the message quotes or a
+        ``Type/id`` it names as missing, held by exactly one entry (HAPI's parse errors quote the
+        invalid value; its referential-integrity errors name the missing target).
+        """
+        keys = {p.key: p for p in chunk}
         for iss in issues:
+            if iss.resource:
+                continue
             m = _ENTRY_INDEX.search(iss.location) or _ENTRY_INDEX.search(iss.message)
             if m and int(m.group(1)) < len(chunk):
                 iss.resource = chunk[int(m.group(1))].key
                 continue
-            for p in chunk:
-                if re.search(rf"(?<![\w/-]){re.escape(p.key)}(?![\w-])", iss.message) and not re.search(
-                    rf"not found[^.]*{re.escape(p.key)}|{re.escape(p.key)}[^.]*not found", iss.message
-                ):
-                    iss.resource = p.key
-                    break
+            named = [t for t in _TYPE_ID.findall(iss.message) if t in keys]
+            if named and "not found" not in iss.message.lower():
+                iss.resource = named[0]
+                continue
+            elements = set(_ELEMENT.findall(iss.message))
+            tokens = {t for t in _QUOTED.findall(iss.message) if t not in elements}
+            tokens |= set(_TYPE_ID.findall(iss.message))
+            if not tokens:
+                continue
+            holders = [p for p in chunk if tokens & _strings(p.resource)]
+            if len(holders) == 1:
+                iss.resource = holders[0].key
         return issues
 
     def _send_bundle(
