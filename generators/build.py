@@ -95,10 +95,8 @@ def _validate(resources: list[dict[str, Any]]) -> list[Any]:
     """Run the offline validator on every resource; errors stop the build."""
     from generators.validator import Validator
 
-    definitions = [
-        r for r in resources if r["resourceType"] in ("StructureDefinition", "ValueSet", "CodeSystem")
-    ]
-    validator = Validator(extra_definitions=definitions)
+    # every resource of the package, so that canonicals between them resolve
+    validator = Validator(extra_definitions=resources)
     findings = []
     errors = []
     for r in resources:
