@@ -39,7 +39,7 @@ class _LineList(list):  # type: ignore[type-arg]
     line: int = 0
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """A safe loader that remembers the line (1-based) of every string, mapping and list."""
 
 
@@ -77,9 +77,9 @@ def _schema_validator() -> Any:
     import jsonschema
 
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
+    # The schema itself is checked against its meta-schema by the tests, not on every build
+    # (that check alone costs a quarter of a second).
+    return jsonschema.validators.validator_for(schema)(schema)
 
 
 @dataclass(frozen=True)

@@ -411,3 +411,12 @@ def test_cli_builds_and_refuses_with_a_clear_message(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "a failed build changed the output"
     assert api.resources
+
+
+def test_mapping_schema_is_a_valid_json_schema() -> None:
+    import jsonschema
+
+    from generators.mapping import SCHEMA_PATH
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.validators.validator_for(schema).check_schema(schema)
