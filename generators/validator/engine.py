@@ -752,8 +752,9 @@ class Validator:
             if t.get("code") != code:
                 continue
             for p in t.get("targetProfile") or []:
-                if p.startswith("http://hl7.org/fhir/StructureDefinition/"):
-                    out.add(p.rsplit("/", 1)[1])
+                name = p.rsplit("/", 1)[1]
+                if p.startswith("http://hl7.org/fhir/StructureDefinition/") and name in self.defs.core_types:
+                    out.add(name)
                 else:
                     sd = self.defs.sd(p)
                     if sd is not None:

@@ -6,6 +6,8 @@ what the validator does instead (nothing is skipped silently):
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 # key -> how it is handled instead of fhirpathpy
@@ -27,6 +29,30 @@ UNSUPPORTED: dict[str, str] = {
 }
 
 
+_STRING = re.compile(r"'(?:[^'\\]|\\.)*'")
+_IDENT = re.compile(r"`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*)(?!\s*\()")
+_FOCUS_WIDE = re.compile(
+    r"[%$]|\b(children|descendants|hasValue|repeat|resolve|conformsTo|memberOf|"
+    r"htmlChecks|getValue|extension)\s*\("
+)
+_KEYWORDS = frozenset(
+    {"and", "or", "xor", "implies", "in", "contains", "is", "as", "div", "mod", "true", "false", "not"}
+)
+
+
+def _touches_key(key: str, names: frozenset[str]) -> bool:
+    """Whether a JSON property is a child named in names (or its choice variant or _extension)."""
+    k = key[1:] if key.startswith("_") else key
+    if k in names:
+        return True
+    return any(k.startswith(n) and len(k) > len(n) and k[len(n)].isupper() for n in names)
+
+
+_MISSING = object()
+_MEMO_MAX_CONTENT = 20000
+_MEMO_MAX_ENTRIES = 200000
+
+
 def _has_value(inputs: list[Any]) -> list[bool]:
     """FHIRPath hasValue(): a single primitive with a value (missing from fhirpathpy)."""
     return [len(inputs) == 1 and inputs[0] is not None and not isinstance(inputs[0], dict | list)]
@@ -43,6 +69,8 @@ class Invariants:
         self._compiled: dict[str, Any] = {}
         self._errors: dict[str, str] = {}
         self._model: Any = None
+        self._name_cache: dict[str, frozenset[str] | None] = {}
+        self._memo: dict[tuple[str, str, str], Any] = {}
         self._node_cls: Any = None
 
     def _compile(self, expression: str) -> Any:
@@ -83,6 +111,44 @@ class Invariants:
         fn = self._compile(expression)
         if fn is None:
             return self._errors[expression]
+        names = self._names(expression)
+        if names is None or not isinstance(value, dict):
+            return self._run(fn, value, path, resource, root)
+        # The expression reads only the named children of the element, so its value depends on
+        # those children (and the element's type) alone: evaluate once per distinct content.
+        touched = {k: v for k, v in value.items() if _touches_key(k, names)}
+        if not touched:
+            memo: tuple[str, str, str] = (expression, path, "")
+            if memo not in self._memo:
+                self._memo[memo] = self._run(fn, {}, path, resource, root)
+            return self._memo[memo]
+        content = json.dumps(touched, sort_keys=True, separators=(",", ":"))
+        if len(content) > _MEMO_MAX_CONTENT:
+            return self._run(fn, value, path, resource, root)
+        memo = (expression, path, content)
+        hit = self._memo.get(memo, _MISSING)
+        if hit is _MISSING:
+            if len(self._memo) > _MEMO_MAX_ENTRIES:
+                self._memo.clear()
+            hit = self._memo[memo] = self._run(fn, value, path, resource, root)
+        return hit
+
+    def _names(self, expression: str) -> frozenset[str] | None:
+        """Identifiers an expression can read, or None when it may read more than named children
+        (environment variables, $this, children(), descendants(), hasValue() on the focus...)."""
+        if expression in self._name_cache:
+            return self._name_cache[expression]
+        names: frozenset[str] | None = None
+        text = _STRING.sub("''", expression)
+        if not _FOCUS_WIDE.search(text):
+            idents = {m.group(1) or m.group(2) for m in _IDENT.finditer(text)}
+            names = frozenset(i for i in idents if i not in _KEYWORDS)
+        self._name_cache[expression] = names
+        return names
+
+    def _run(
+        self, fn: Any, value: Any, path: str, resource: dict[str, Any], root: dict[str, Any] | None
+    ) -> Any:
         try:
             focus = self._node_cls.create_node(value, path)
             result = fn(focus, {"resource": resource, "rootResource": root or resource})
