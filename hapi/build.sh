@@ -19,5 +19,9 @@ fi
 if ! mvn -q -B -o package -DskipTests >/dev/null 2>&1; then
   mvn -q -B package -DskipTests
 fi
-test -s target/procfhir-hapi-server.jar
+# Maven rewrites its output in place; servers running from the previous jar keep their open
+# file when the new one is renamed over it.
+test -s target/procfhir-hapi-server-build.jar
+cp target/procfhir-hapi-server-build.jar target/.procfhir-hapi-server.jar.tmp
+mv -f target/.procfhir-hapi-server.jar.tmp target/procfhir-hapi-server.jar
 echo "built $(pwd)/target/procfhir-hapi-server.jar"

@@ -302,3 +302,34 @@ def test_cli_status(hapi_base_url: str) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert f"{hapi_base_url}: answering" in proc.stdout
+
+
+def test_plan_definition_apply(hapi_base_url: str) -> None:
+    """PlanDefinition/$apply (cqf-fhir-cr-hapi 4.4.0): FHIRPath applicability conditions see the
+    subject as ``%subject`` (``%patient`` is unknown to it)."""
+    t = tag()
+    assert put(f"{hapi_base_url}/Patient/{t}-pat",
+               {"resourceType": "Patient", "id": f"{t}-pat", "gender": "female"}).status_code == 201
+    ad_url = f"http://example.org/{t}/ActivityDefinition/ad"
+    ad = {"resourceType": "ActivityDefinition", "id": f"{t}-ad", "url": ad_url, "version": "1",
+          "status": "active", "kind": "ServiceRequest", "intent": "proposal", "code": {"text": "procedure"}}
+    assert put(f"{hapi_base_url}/ActivityDefinition/{t}-ad", ad).status_code == 201
+
+    def when(expression: str) -> list[dict[str, Any]]:
+        fhirpath = {"language": "text/fhirpath", "expression": expression}
+        return [{"kind": "applicability", "expression": fhirpath}]
+
+    plan = {"resourceType": "PlanDefinition", "id": f"{t}-pd", "url": f"http://example.org/{t}/PlanDefinition/pd",
+            "version": "1", "status": "active", "action": [
+                {"title": "women", "definitionCanonical": ad_url,
+                 "condition": when("%subject.gender = 'female'")},
+                {"title": "men", "condition": when("%subject.gender = 'male'")},
+            ]}
+    assert put(f"{hapi_base_url}/PlanDefinition/{t}-pd", plan).status_code == 201
+    resp = get(f"{hapi_base_url}/PlanDefinition/{t}-pd/$apply", params={"subject": f"Patient/{t}-pat"})
+    assert resp.status_code == 200, resp.text
+    care_plan = resp.json()
+    assert care_plan["resourceType"] == "CarePlan"
+    groups = [c for c in care_plan.get("contained", []) if c["resourceType"] == "RequestGroup"]
+    assert [a["title"] for a in groups[0]["action"]] == ["women"]
+    assert not [c for c in care_plan.get("contained", []) if c["resourceType"] == "OperationOutcome"]

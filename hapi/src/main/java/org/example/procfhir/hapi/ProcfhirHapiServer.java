@@ -40,7 +40,8 @@ import org.springframework.context.annotation.Import;
 	SubscriptionChannelConfig.class,
 	SearchParamSubmitterConfig.class,
 	StorageConfig.class,
-	RestConfig.class
+	RestConfig.class,
+	ClinicalReasoningConfig.class
 })
 public class ProcfhirHapiServer {
 
