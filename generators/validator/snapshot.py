@@ -72,7 +72,8 @@ def generate_snapshot(sd: dict[str, Any], defs: Definitions) -> dict[str, Any]:
     if base is None:
         raise SnapshotError(f"{url}: base definition {base_url} not found")
     elements: list[dict[str, Any]] = copy.deepcopy(base.resource["snapshot"]["element"])
-    for ed in elements:  # the base's publication status is not the profile's
+    for ed in elements:  # the base's publication status and examples are not the profile's
+        ed.pop("example", None)
         if "extension" in ed:
             ed["extension"] = [e for e in ed["extension"] if e.get("url") not in _BASE_ONLY_EXTENSIONS]
             if not ed["extension"]:
@@ -139,6 +140,7 @@ def generate_snapshot(sd: dict[str, Any], defs: Definitions) -> dict[str, Any]:
         if eid not in index:
             raise SnapshotError(f"{url}: element {eid} does not exist in {base_url}")
 
+    previous: str | None = None
     for diff in (sd.get("differential") or {}).get("element") or []:
         eid = diff.get("id") or diff.get("path")
         if not eid:
@@ -146,6 +148,12 @@ def generate_snapshot(sd: dict[str, Any], defs: Definitions) -> dict[str, Any]:
         if "sliceName" in diff and ":" not in eid.rsplit(".", 1)[-1]:
             eid = f"{eid}:{diff['sliceName']}"
         ensure(eid)
+        if previous is not None and index[eid] < index[previous]:
+            raise SnapshotError(
+                f"{url}: differential element {eid} comes before {previous} in the base: "
+                "differential elements must follow the base's element order"
+            )
+        previous = eid
         _merge(elements[index[eid]], diff)
     root_id = elements[0].get("id") or elements[0]["path"]
     if sd.get("type") and root_id != sd["type"]:
