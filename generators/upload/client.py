@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 import urllib3.exceptions
@@ -49,6 +51,11 @@ class ClientStats:
     requests: int = 0
     retries: int = 0
     lost_responses: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, name: str) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + 1)
 
 
 def _not_sent(exc: requests.RequestException) -> bool:
@@ -86,6 +93,7 @@ class FhirClient:
             raise UploadError(f"the CA bundle {verify} does not exist")
         self.base_url = base_url.rstrip("/")
         self.auth = auth or NoAuth()
+        self._own_session = session is None
         self.session = session or requests.Session()
         self.verify = verify
         self.timeout = timeout
@@ -94,6 +102,13 @@ class FhirClient:
         if isinstance(self.auth, SmartBackendAuth):
             self.auth.allow_insecure_http = allow_insecure_http  # type: ignore[attr-defined]
             self.auth.bind(self.base_url, self.session, verify, timeout[1])
+
+    def fork(self) -> FhirClient:
+        """The same client on a connection pool of its own (for another thread); shared statistics."""
+        other = copy.copy(self)
+        if self._own_session:  # a caller's session (mTLS, proxies...) is shared as it is
+            other.session = requests.Session()
+        return other
 
     def url(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
@@ -109,6 +124,7 @@ class FhirClient:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
+        form: Mapping[str, str] | None = None,
     ) -> requests.Response:
         """Send one request (again as needed); return the final response whatever its status."""
         method = method.upper()
@@ -120,6 +136,9 @@ class FhirClient:
         if body is not None:
             hdrs["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if form is not None:
+            hdrs["Content-Type"] = "application/x-www-form-urlencoded"
+            data = urlencode(form).encode("ascii")
         if headers:
             hdrs.update(headers)
         attempt = 0
@@ -127,7 +146,7 @@ class FhirClient:
         what = f"{method} {urlsplit(url).path}"
         while True:
             attempt += 1
-            self.stats.requests += 1
+            self.stats.add("requests")
             try:
                 resp = self.session.request(
                     method,
@@ -144,12 +163,12 @@ class FhirClient:
             except requests.RequestException as exc:
                 kind = type(exc).__name__
                 if not idempotent and not _not_sent(exc):
-                    self.stats.lost_responses += 1
+                    self.stats.add("lost_responses")
                     raise OutcomeUnknown(f"{what}: the response was lost ({kind})") from None
                 delay = self.retry.delay(attempt, None)
                 if delay is None:
                     raise TransportError(f"{what}: failed after {attempt} attempts ({kind})") from None
-                self.stats.retries += 1
+                self.stats.add("retries")
                 self.retry.sleep(delay)
                 continue
             if resp.status_code == 401 and not refreshed and self.auth.refresh():
@@ -157,12 +176,12 @@ class FhirClient:
                 continue
             if resp.status_code in RETRY_STATUSES:
                 if not idempotent and resp.status_code not in NOT_PROCESSED_STATUSES:
-                    self.stats.lost_responses += 1
+                    self.stats.add("lost_responses")
                     raise OutcomeUnknown(f"{what}: HTTP {resp.status_code} from a gateway, outcome unknown")
                 delay = self.retry.delay(attempt, parse_retry_after(resp.headers.get("Retry-After")))
                 if delay is None:
                     return resp
-                self.stats.retries += 1
+                self.stats.add("retries")
                 resp.close()
                 self.retry.sleep(delay)
                 continue

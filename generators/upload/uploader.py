@@ -6,6 +6,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +22,7 @@ from generators.upload.resources import dependency_order, key_of
 from generators.upload.retry import RetryPolicy
 
 MODES = ("transaction", "batch", "put")
-READ_CHUNK = 200
+READ_CHUNK = 1000
 _ENTRY_INDEX = re.compile(r"Bundle\.entry\[(\d+)\]")
 _STATUS = re.compile(r"^\s*(\d{3})")
 _TYPE_ID = re.compile(r"\b([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})\b")
@@ -136,7 +137,56 @@ class Uploader:
 
     # ---------------------------------------------------------------- reading the server's state
     def _read_by_id(self, keys: list[str]) -> dict[str, dict[str, Any] | None]:
-        """Current server copies of ``Type/id`` keys (None when absent or deleted)."""
+        """Current server copies of ``Type/id`` keys (None when absent or deleted).
+
+        One ``_id`` search per type and chunk of ids (a single query on the server), following
+        ``next`` links; a server refusing the search gets a batch of reads instead.
+        """
+        out: dict[str, dict[str, Any] | None] = {}
+        by_type: dict[str, list[str]] = {}
+        for k in keys:
+            by_type.setdefault(k.split("/", 1)[0], []).append(k)
+        for rtype, tkeys in by_type.items():
+            for chunk in _chunks(tkeys, READ_CHUNK):
+                found = self._search_ids(rtype, [k.split("/", 1)[1] for k in chunk])
+                if found is None:
+                    out.update(self._read_batch(chunk))
+                    continue
+                for k in chunk:
+                    out[k] = found.get(k.split("/", 1)[1])
+        return out
+
+    def _search_ids(self, rtype: str, ids: list[str]) -> dict[str, dict[str, Any]] | None:
+        """``{id: resource}`` for those of ``ids`` the server holds, or None if it refuses the search."""
+        found: dict[str, dict[str, Any]] = {}
+        resp = self.client.request(
+            "POST",
+            f"{rtype}/_search",
+            form={"_id": ",".join(ids), "_count": str(len(ids))},
+            idempotent=True,
+            headers={"Cache-Control": "no-cache"},
+        )
+        pages = 0
+        while True:
+            body = _json(resp)
+            if resp.status_code != 200 or not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+                return None if pages == 0 else _raise_read(rtype, resp)
+            for e in body.get("entry") or []:
+                r = e.get("resource")
+                if (
+                    isinstance(r, dict)
+                    and r.get("resourceType") == rtype
+                    and (e.get("search") or {}).get("mode", "match") == "match"
+                ):
+                    found[str(r.get("id"))] = r
+            nxt = next((ln.get("url") for ln in body.get("link") or [] if ln.get("relation") == "next"), None)
+            pages += 1
+            if not nxt or pages > 1000:
+                return found
+            resp = self.client.request("GET", nxt, headers={"Cache-Control": "no-cache"})
+
+    def _read_batch(self, keys: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Server copies by a batch of reads (one read each if batches are refused)."""
         out: dict[str, dict[str, Any] | None] = {}
         for chunk in _chunks(keys, READ_CHUNK):
             bundle = {
@@ -200,7 +250,9 @@ class Uploader:
     # ---------------------------------------------------------------- planning
     def plan(self, resources: list[dict[str, Any]], *, conditional: bool = False) -> list[PlannedAction]:
         """Per resource, in upload order: create, update or unchanged compared with the server."""
-        ordered = dependency_order(resources, self.base_url)
+        return self._plan_ordered(dependency_order(resources, self.base_url), conditional)
+
+    def _plan_ordered(self, ordered: list[dict[str, Any]], conditional: bool) -> list[PlannedAction]:
         by_id: list[PlannedAction] = []
         planned: list[PlannedAction] = []
         for res in ordered:
@@ -389,34 +441,59 @@ class Uploader:
         report = UploadReport(mode=mode, dry_run=dry_run)
         stats0 = (self.client.stats.requests, self.client.stats.retries, self.client.stats.lost_responses)
         try:
-            plan = self.plan(resources, conditional=conditional)
-            results = {
-                p.key: ResourceResult(
-                    p.key, p.action, changes=p.changes, status="planned" if dry_run else "not sent"
-                )
-                for p in plan
-            }
-            report.results = list(results.values())
-            todo = [p for p in plan if p.action != "unchanged"]
-            for p in plan:
-                if p.action == "unchanged":
-                    results[p.key].status, results[p.key].version = "unchanged", p.server_version
-            if not dry_run:
-                done = len(plan) - len(todo)
-                if progress:
-                    progress(done, len(plan))
-                if mode == "put":
-                    for p in todo:
-                        self._send_put(p, results, report)
-                        done += 1
+            ordered = dependency_order(resources, self.base_url)
+            plan: list[PlannedAction] = []
+            results: dict[str, ResourceResult] = {}
+            total = len(ordered)
+
+            def register(chunk_plan: list[PlannedAction]) -> list[PlannedAction]:
+                for p in chunk_plan:
+                    r = ResourceResult(
+                        p.key, p.action, changes=p.changes, status="planned" if dry_run else "not sent"
+                    )
+                    if p.action == "unchanged":
+                        r.status, r.version = "unchanged", p.server_version
+                    results[p.key] = r
+                    report.results.append(r)
+                plan.extend(chunk_plan)
+                return [p for p in chunk_plan if p.action != "unchanged"]
+
+            if dry_run or mode == "put" or batch_size is None or total <= batch_size:
+                todo = register(self._plan_ordered(ordered, conditional))
+                if not dry_run:
+                    done = total - len(todo)
+                    if progress:
+                        progress(done, total)
+                    if mode == "put":
+                        for p in todo:
+                            self._send_put(p, results, report)
+                            done += 1
+                            if progress:
+                                progress(done, total)
+                    else:
+                        for chunk in _chunks(todo, batch_size):
+                            self._send_bundle(chunk, mode, results, report, max_replans)
+                            done += len(chunk)
+                            if progress:
+                                progress(done, total)
+            else:
+                # Several bundles: compare the next slice with the server (on a connection of
+                # its own) while the current one is being written.
+                slices = list(_chunks(ordered, batch_size))
+                planner = Uploader(self.base_url, client=self.client.fork())
+                done = 0
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    future = pool.submit(planner._plan_ordered, slices[0], conditional)
+                    for i in range(len(slices)):
+                        chunk_plan = future.result()
+                        if i + 1 < len(slices):
+                            future = pool.submit(planner._plan_ordered, slices[i + 1], conditional)
+                        todo = register(chunk_plan)
+                        if todo:
+                            self._send_bundle(todo, mode, results, report, max_replans)
+                        done += len(chunk_plan)
                         if progress:
-                            progress(done, len(plan))
-                else:
-                    for chunk in _chunks(todo, batch_size):
-                        self._send_bundle(chunk, mode, results, report, max_replans)
-                        done += len(chunk)
-                        if progress:
-                            progress(done, len(plan))
+                            progress(done, total)
             if verify:
                 report.verified = True
                 self._verify(resources, conditional, report)
@@ -471,6 +548,10 @@ class Uploader:
             for iss in self.validate(p.resource):
                 if iss.severity in ("error", "fatal", "warning"):
                     report.issues.append(iss)
+
+
+def _raise_read(rtype: str, resp: requests.Response) -> Any:
+    raise UploadError(f"reading {rtype} from the server failed midway (HTTP {resp.status_code})")
 
 
 def _json(resp: requests.Response) -> Any:
