@@ -7,7 +7,10 @@ what the validator does instead (nothing is skipped silently):
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
+from pathlib import Path
 from typing import Any
 
 # key -> how it is handled instead of fhirpathpy
@@ -41,11 +44,16 @@ _KEYWORDS = frozenset(
 
 
 def _touches_key(key: str, names: frozenset[str]) -> bool:
-    """Whether a JSON property is a child named in names (or its choice variant or _extension)."""
-    k = key[1:] if key.startswith("_") else key
+    """Whether a JSON property is a child named in names (or its choice variant or _extension).
+    Conservative: a property whose name starts like a named choice element counts as touched."""
+    k = key[1:] if key[:1] == "_" else key
     if k in names:
         return True
-    return any(k.startswith(n) and len(k) > len(n) and k[len(n)].isupper() for n in names)
+    m = _CHOICE_BASE.match(k)
+    return m is not None and m.group(1) in names
+
+
+_CHOICE_BASE = re.compile(r"([a-z][a-z0-9]*)[A-Z]")
 
 
 _MISSING = object()
@@ -62,6 +70,60 @@ _OPTIONS: dict[str, Any] = {
     "userInvocationTable": {"hasValue": {"fn": _has_value, "arity": {0: []}}},
     "traceFn": lambda *_args: None,  # trace() in core invariants must not print
 }
+
+
+# Parsed FHIRPath (fhirpathpy's AST, plain JSON) kept between processes: parsing with the ANTLR
+# grammar costs milliseconds per expression, loading the AST microseconds.
+_AST: dict[str, Any] | None = None
+_AST_NEW: dict[str, Any] = {}
+
+
+def _ast_file() -> Path:
+    import fhirpathpy
+
+    base = os.environ.get("PROCFHIR_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "procfhir"
+    )
+    return Path(base) / f"fhirpath-ast-{fhirpathpy.__version__}.json"
+
+
+def _from_cached_ast(expression: str, model: Any) -> Any:
+    global _AST
+    if _AST is None:
+        try:
+            _AST = json.loads(_ast_file().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            _AST = {}
+    ast = _AST.get(expression) if isinstance(_AST, dict) else None
+    if ast is None:
+        return None
+    from fhirpathpy import apply_parsed_path
+    from fhirpathpy.engine.util import set_paths
+
+    return set_paths(apply_parsed_path, parsedPath=ast, model=model, options=_OPTIONS)
+
+
+def _remember_ast(expression: str, fn: Any) -> None:
+    ast = getattr(fn, "parsedPath", None)
+    if isinstance(ast, dict):
+        _AST_NEW[expression] = ast
+
+
+def save_ast_cache() -> None:
+    """Persist newly parsed expressions (atomically; a failure only costs speed next time)."""
+    if not _AST_NEW:
+        return
+    path = _ast_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        merged = {**(_AST or {}), **_AST_NEW}
+        fd, tmp = tempfile.mkstemp(prefix=".ast-", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(merged, fh, separators=(",", ":"))
+        os.replace(tmp, path)
+        _AST_NEW.clear()
+    except OSError:
+        pass
 
 
 class Invariants:
@@ -84,7 +146,10 @@ class Invariants:
                 self._model = models["r4"]
                 self._node_cls = ResourceNode
             try:
-                fn = fp_compile(expression, self._model, _OPTIONS)
+                fn = _from_cached_ast(expression, self._model)
+                if fn is None:
+                    fn = fp_compile(expression, self._model, _OPTIONS)
+                    _remember_ast(expression, fn)
             except Exception as exc:  # noqa: BLE001 - any parser failure is reported
                 self._errors[expression] = f"fhirpathpy cannot parse it: {exc}"
                 return None

@@ -41,4 +41,7 @@ def validate_paths(
         return issues, 0
     for source, res in loaded:
         issues.extend(validator.validate(res, profile=profile, source=source))
+    from generators.validator.invariants import save_ast_cache
+
+    save_ast_cache()
     return issues, len(loaded)
