@@ -268,3 +268,18 @@ def test_generated_package_validates_against_its_profiles(core_cache: Path) -> N
     assert any(
         i.location == "Procedure.bodySite" or i.location == "Procedure" for i in _errors(v.validate(proc))
     )
+
+
+def test_profile_differential_out_of_base_order_is_an_error(
+    validator, profiles: list[dict[str, Any]]
+) -> None:
+    """HL7 snapshot generators (HAPI's too) reject a differential that does not follow the base's
+    element order; so does ours, when validating a StructureDefinition."""
+    sd = json.loads(json.dumps(next(p for p in profiles if p["id"] == "clinical-protocol")))
+    assert not _errors(validator.validate(sd))
+    els = sd["differential"]["element"]
+    i = next(n for n, e in enumerate(els) if e["id"] == "PlanDefinition.date")
+    els[i], els[i + 1] = els[i + 1], els[i]  # publisher before date
+    errs = _errors(validator.validate(sd))
+    assert [e.location for e in errs] == ["StructureDefinition.differential"]
+    assert "PlanDefinition.date" in errs[0].message and "order" in errs[0].message

@@ -178,6 +178,8 @@ class Validator:
                 )
             for sd in sds:
                 self._instance(res, sd.root, rtype, loc, ctx, host=None)
+            if rtype == "StructureDefinition" and res.get("derivation") == "constraint":
+                self._differential(res, loc, ctx)
         finally:
             ctx.resource, ctx.root = outer, outer_root
 
@@ -252,6 +254,24 @@ class Validator:
                 ctx.add("error", f"{loc}.div", msg, code, "txt-1" if code != "invariant" else "txt-2")
         elif tcode == "Extension":
             self._extension_context(value, node, loc, ctx, host)
+
+    def _differential(self, sd: dict[str, Any], loc: str, ctx: _Ctx) -> None:
+        """A profile's differential must apply to its base (as HL7 snapshot generators require)."""
+        from generators.validator.snapshot import SnapshotError, generate_snapshot
+
+        if not isinstance((sd.get("differential") or {}).get("element"), list):
+            return
+        try:
+            generate_snapshot(sd, self.defs)
+        except SnapshotError as exc:
+            ctx.add(
+                "error",
+                f"{loc}.differential",
+                f"the differential cannot be applied to its base: {exc}",
+                "structure",
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            ctx.add("error", f"{loc}.differential", f"the differential is malformed: {exc!r}", "structure")
 
     def _type_sd(self, node: Node, tcode: str) -> CompiledSD | None:
         for t in node.types:
