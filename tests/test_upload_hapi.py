@@ -317,19 +317,33 @@ def test_cli_dry_run_outcomes_and_no_secret(hapi_base_url: str, tmp_path: Path) 
     assert history(hapi_base_url, f"Procedure/{tag}-proc1") == 1  # the transaction was rolled back
 
 
-def test_real_package_upload_twice_and_validate(hapi_base_url: str) -> None:
+def _package_dir() -> Path:
     fhir = ROOT / "fhir"
-    if not any(fhir.glob("*.json")):
+    if not any(fhir.glob("*.json")) or not any(fhir.glob("*.tgz")):
         pytest.fail("fhir/ holds no built package: run `procfhir build` first")
+    return fhir
+
+
+def test_real_package_upload_twice(hapi_base_url: str) -> None:
+    fhir = _package_dir()
     tgz = next(fhir.glob("*.tgz"))
     r = _cli([str(tgz), "--server", hapi_base_url, "--verify"])
     assert r.returncode == 0, r.stdout + r.stderr
-    r = _cli([str(fhir), "--server", hapi_base_url, "--dry-run"])
-    assert r.returncode == 0 and "create" not in r.stdout.split("resource type")[0], r.stdout
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("unchanged", "update"))]
-    assert lines and all(ln.startswith("unchanged") for ln in lines), r.stdout
     resources = load_resources(fhir)
     versions = {key(x): history(hapi_base_url, key(x)) for x in resources}
-    r = _cli([str(fhir), "--server", hapi_base_url, "--validate"])
+    r = _cli([str(fhir), "--server", hapi_base_url, "--dry-run"])
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("create", "update", "unchanged"))]
+    assert r.returncode == 0 and len(lines) == len(resources), r.stdout
+    assert all(ln.startswith("unchanged") for ln in lines), r.stdout
+    r = _cli([str(fhir / "bundle.json"), "--server", hapi_base_url, "--mode", "batch", "--batch-size", "5"])
     assert r.returncode == 0, r.stdout + r.stderr
-    assert {key(x): history(hapi_base_url, key(x)) for x in resources} == versions
+    assert {key(x): history(hapi_base_url, key(x)) for x in resources} == versions  # no new versions
+
+
+def test_real_package_passes_server_validate(hapi_base_url: str) -> None:
+    """Every resource of our package against its profile with HAPI's $validate: no errors."""
+    fhir = _package_dir()
+    up = Uploader(hapi_base_url)
+    report = up.upload(load_resources(fhir), validate=True)
+    errors = [i.line() for i in report.issues if i.severity in ("error", "fatal")]
+    assert report.ok and not errors, "\n".join(errors)
