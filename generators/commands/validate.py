@@ -12,16 +12,44 @@ import click
 
 
 @click.command(name="validate")
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 @click.option("--profile", default=None, help="Also validate every resource against this profile URL.")
-@click.option("--definitions", "-d", multiple=True,
-              help="Extra conformance resources (file, folder, .tgz): profiles, ValueSets, CodeSystems.")
-@click.option("--outcome", "outcome_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the OperationOutcome (JSON) to this file ('-' for stdout).")
+@click.option(
+    "--definitions",
+    "-d",
+    multiple=True,
+    help="Extra conformance resources (file, folder, .tgz): profiles, ValueSets, CodeSystems.",
+)
+@click.option(
+    "--outcome",
+    "outcome_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the OperationOutcome (JSON) to this file ('-' for stdout).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and warnings in the summary.")
-def command(paths: tuple[str, ...], profile: str | None, definitions: tuple[str, ...],
-            outcome_path: str | None, quiet: bool) -> None:
+@click.option(
+    "--list-unsupported",
+    is_flag=True,
+    help="List the core invariants not evaluated through fhirpathpy, and why, then exit.",
+)
+def command(
+    paths: tuple[str, ...],
+    profile: str | None,
+    definitions: tuple[str, ...],
+    outcome_path: str | None,
+    quiet: bool,
+    list_unsupported: bool,
+) -> None:
     """Validate files, folders, Bundles or package .tgz files; exit 1 when any error."""
+    if list_unsupported:
+        from generators.validator.invariants import unsupported_report
+
+        for key, reason in unsupported_report():
+            click.echo(f"{key}: {reason}")
+        return
+    if not paths:
+        raise click.UsageError("give at least one file, folder, Bundle or package .tgz to validate")
     from generators.validator.issues import has_errors, summary, to_operation_outcome
     from generators.validator.run import validate_paths
 

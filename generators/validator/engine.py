@@ -646,6 +646,9 @@ class Validator:
         if severity is None or not isinstance(vs_url, str):
             return
         exp = self.terminology.expand(vs_url)
+        if exp.grammar:
+            self._grammar_binding(value, tcode, exp.grammar, severity, strength, vs_url, loc, ctx)
+            return
         if not exp.expandable:
             if strength in ("required", "extensible"):
                 ctx.add(
@@ -690,6 +693,41 @@ class Validator:
             f"none of the codes ({shown}) is in the {strength} value set {vs_url}",
             "code-invalid",
         )
+
+    def _grammar_binding(
+        self,
+        value: Any,
+        tcode: str,
+        grammar: dict[str, re.Pattern[str]],
+        severity: str,
+        strength: str,
+        vs_url: str,
+        loc: str,
+        ctx: _Ctx,
+    ) -> None:
+        if tcode in ("code", "string", "uri"):
+            if isinstance(value, str) and not any(rx.fullmatch(value) for rx in grammar.values()):
+                ctx.add(
+                    severity,
+                    loc,
+                    f"{value!r} is not a valid code of {', '.join(grammar)} ({strength} binding to {vs_url})",
+                    "code-invalid",
+                )
+            return
+        codings = (
+            [value] if tcode == "Coding" else (value.get("coding") or []) if isinstance(value, dict) else []
+        )
+        for c in codings:
+            ok = isinstance(c, dict) and c.get("system") in grammar and isinstance(c.get("code"), str)
+            if ok and grammar[c["system"]].fullmatch(c["code"]):
+                return
+        if codings or strength == "required":
+            ctx.add(
+                severity,
+                loc,
+                f"no valid code of {', '.join(grammar)} ({strength} binding to {vs_url})",
+                "code-invalid",
+            )
 
     def _coding_in_system(self, coding: dict[str, Any], loc: str, ctx: _Ctx) -> None:
         system, code = coding.get("system"), coding.get("code")

@@ -5,6 +5,7 @@ as *not expandable* with the reason, and codes against it are not judged."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +32,22 @@ class CodeSystemInfo:
         return out
 
 
+# Code systems defined by a grammar rather than a list: checked by their syntax.
+GRAMMARS: dict[str, re.Pattern[str]] = {
+    "urn:ietf:bcp:13": re.compile(  # MIME types (RFC 6838), with optional parameters
+        r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"
+        r"(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=(\"[^\"]*\"|[^;\s]+))*"
+    ),
+    "urn:ietf:bcp:47": re.compile(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*"),  # language tags (syntax only)
+}
+
+
 @dataclass
 class Expansion:
     url: str
     codes: frozenset[tuple[str, str]] | None  # None: not expandable
     reason: str = ""
+    grammar: dict[str, re.Pattern[str]] | None = None  # value sets of whole grammar-based systems
 
     @property
     def expandable(self) -> bool:
@@ -90,9 +102,24 @@ class Terminology:
             codes = self._expand(url)
             exp = Expansion(url, frozenset(codes))
         except _NotExpandable as exc:
-            exp = Expansion(url, None, str(exc))
+            exp = Expansion(url, None, str(exc), self._grammar(url))
         self._vs[url] = exp
         return exp
+
+    def _grammar(self, url: str) -> dict[str, re.Pattern[str]] | None:
+        """For a value set of whole grammar-based code systems (e.g. all MIME types): the syntax."""
+        vs = self.defs.resource(url)
+        compose = (vs or {}).get("compose") or {}
+        includes = compose.get("include") or []
+        if not includes or compose.get("exclude"):
+            return None
+        out = {}
+        for inc in includes:
+            system = inc.get("system")
+            if system not in GRAMMARS or inc.get("concept") or inc.get("filter") or inc.get("valueSet"):
+                return None
+            out[system] = GRAMMARS[system]
+        return out
 
     def _expand(self, url: str) -> set[tuple[str, str]]:
         vs = self.defs.resource(url)
