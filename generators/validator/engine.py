@@ -178,6 +178,8 @@ class Validator:
                 )
             for sd in sds:
                 self._instance(res, sd.root, rtype, loc, ctx, host=None)
+            if isinstance(res.get("contained"), list) and not contained:
+                self._dom3(res, loc, ctx)
             if rtype == "StructureDefinition" and res.get("derivation") == "constraint":
                 self._differential(res, loc, ctx)
         finally:
@@ -254,6 +256,41 @@ class Validator:
                 ctx.add("error", f"{loc}.div", msg, code, "txt-1" if code != "invariant" else "txt-2")
         elif tcode == "Extension":
             self._extension_context(value, node, loc, ctx, host)
+
+    def _dom3(self, res: dict[str, Any], loc: str, ctx: _Ctx) -> None:
+        """dom-3, natively: every contained resource is referenced ('#id') from elsewhere in the
+        resource, or itself refers to its container ('#')."""
+
+        def local_refs(value: Any, out: set[str]) -> None:
+            if isinstance(value, str):
+                if value.startswith("#"):
+                    out.add(value)
+            elif isinstance(value, dict):
+                for v in value.values():
+                    local_refs(v, out)
+            elif isinstance(value, list):
+                for v in value:
+                    local_refs(v, out)
+
+        for i, c in enumerate(res["contained"]):
+            if not isinstance(c, dict):
+                continue
+            elsewhere: set[str] = set()
+            local_refs({k: v for k, v in res.items() if k != "contained"}, elsewhere)
+            for j, other in enumerate(res["contained"]):
+                if j != i:
+                    local_refs(other, elsewhere)
+            own: set[str] = set()
+            local_refs(c, own)
+            if f"#{c.get('id')}" not in elsewhere and "#" not in own:
+                ctx.add(
+                    "error",
+                    f"{loc}.contained[{i}]",
+                    f"contained resource {c.get('id')!r} is not referenced "
+                    "from elsewhere in the resource and does not refer to it (dom-3)",
+                    "invariant",
+                    "dom-3",
+                )
 
     def _differential(self, sd: dict[str, Any], loc: str, ctx: _Ctx) -> None:
         """A profile's differential must apply to its base (as HL7 snapshot generators require)."""
@@ -862,6 +899,8 @@ class Validator:
     ) -> None:
         for c in constraints:
             key = c.get("key", "")
+            if key == "dom-6" and ctx.resource is not ctx.root:
+                continue  # contained resources carry no narrative of their own (the container's covers them)
             outcome = self.invariants.check(c, value, node.path, ctx.resource, ctx.root)
             if outcome is True:
                 continue
