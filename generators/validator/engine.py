@@ -628,7 +628,13 @@ class Validator:
                     "extension",
                 )
             else:
-                sev = "warning" if _EXAMPLE_HOSTS.match(url) else self.unknown_extension_severity
+                ours = any(
+                    url.startswith(f"{b}StructureDefinition/")
+                    for b, t in self.defs.package_types
+                    if t == "StructureDefinition"
+                )
+                example = _EXAMPLE_HOSTS.match(url) and not ours
+                sev = "warning" if example else self.unknown_extension_severity
                 ctx.add(
                     sev,
                     loc,
