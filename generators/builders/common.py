@@ -71,14 +71,21 @@ def jurisdiction(cfg: Config) -> dict[str, Any]:
 
 
 def coding_expression(codes_: list[Code]) -> str:
-    """FHIRPath criteria matching a Coding against the given codes, grouped by system."""
+    """FHIRPath criteria matching a Coding against the given codes, grouped by system.
+
+    Written ``code = 'a' or code = 'b'`` (the same as ``code in ('a' | 'b')`` in FHIRPath) so that
+    HAPI's clinical reasoning ``$apply`` evaluates it too: it translates FHIRPath to CQL, where
+    ``'a' | 'b'`` (union of two strings) and ``code in 'a'`` do not resolve.
+    """
     by_system: dict[str, list[str]] = {}
     for c in codes_:
         by_system.setdefault(c.system, []).append(c.code)
     parts = []
     for system, values in by_system.items():
-        quoted = " | ".join("'" + v.replace("'", "\\'") + "'" for v in values)
-        parts.append(f"(system = '{system}' and code in ({quoted}))")
+        alternatives = " or ".join("code = '" + v.replace("'", "\\'") + "'" for v in values)
+        if len(values) > 1:
+            alternatives = f"({alternatives})"
+        parts.append(f"(system = '{system}' and {alternatives})")
     return " or ".join(parts)
 
 
