@@ -91,19 +91,26 @@ def _profiles(cfg: Config) -> list[dict[str, Any]]:
     return load_profiles(cfg)
 
 
-def _validate(resources: list[dict[str, Any]]) -> list[Any]:
-    """Run the offline validator on every resource; errors stop the build."""
+def validation_findings(resources: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """Every finding of the offline validator on ``resources``, errors included.
+
+    Each resource is validated with the whole package as context, so that canonical references
+    between the package's resources resolve.
+    """
     from generators.validator import Validator
 
-    # every resource of the package, so that canonicals between them resolve
     validator = Validator(extra_definitions=resources)
-    findings = []
-    errors = []
-    for r in resources:
-        for issue in validator.validate(r):
-            findings.append((f"{r['resourceType']}/{r['id']}", issue))
-            if issue.severity in ("error", "fatal"):
-                errors.append(f"{r['resourceType']}/{r['id']}: {issue.location}: {issue.message}")
+    return [(f"{r['resourceType']}/{r['id']}", issue) for r in resources for issue in validator.validate(r)]
+
+
+def _validate(resources: list[dict[str, Any]]) -> list[Any]:
+    """Run the offline validator on every resource; errors stop the build."""
+    findings = validation_findings(resources)
+    errors = [
+        f"{ref}: {issue.location}: {issue.message}"
+        for ref, issue in findings
+        if issue.severity in ("error", "fatal")
+    ]
     if errors:
         raise BuildError("generated resources fail validation", errors)
     return findings

@@ -721,15 +721,3 @@ def render_review(result: Any, *, validated: bool | None = None) -> str:
         + _signoff()
         + f'</main><script id="review-hover">{_SCRIPT}</script></body></html>\n'
     )
-
-
-def validation_findings(resources: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-    """Every finding of the offline validator on ``resources``, errors included (the build stops
-    at an error; the review page shows it). Raises ImportError when the validator is missing."""
-    from generators.validator import Validator
-
-    definitions = [
-        r for r in resources if r["resourceType"] in ("StructureDefinition", "ValueSet", "CodeSystem")
-    ]
-    validator = Validator(extra_definitions=definitions)
-    return [(f"{r['resourceType']}/{r['id']}", issue) for r in resources for issue in validator.validate(r)]

@@ -19,9 +19,9 @@ import click
 def command(config: Path | None, out: Path, no_validate: bool) -> None:
     """Write the review page of a fresh build: source text and what each sentence became, the
     plan as a diagram, the consent form, the codes, the validation result."""
-    from generators.build import build
+    from generators.build import build, validation_findings
     from generators.errors import BuildError
-    from generators.review import render_review, validation_findings
+    from generators.review import render_review
 
     target = out / "review.html" if out.is_dir() else out
     if not target.parent.is_dir():
