@@ -333,3 +333,30 @@ def test_plan_definition_apply(hapi_base_url: str) -> None:
     groups = [c for c in care_plan.get("contained", []) if c["resourceType"] == "RequestGroup"]
     assert [a["title"] for a in groups[0]["action"]] == ["women"]
     assert not [c for c in care_plan.get("contained", []) if c["resourceType"] == "OperationOutcome"]
+
+
+def test_install_our_package(hapi_base_url: str) -> None:
+    """The package the build writes (fhir/*.tgz, examples included) installs through
+    $install-package on a server that does not hold it yet, and every resource reads back."""
+    from generators.config import PROJECT_ROOT
+    from generators.upload.compare import differences
+
+    fhir_dir = PROJECT_ROOT / "fhir"
+    tgz = next(fhir_dir.glob("*.tgz"))
+    with tarfile.open(tgz) as tar:
+        members = [m for m in tar.getmembers() if m.name.endswith(".json") and "/." not in m.name]
+        resources = [json.load(tar.extractfile(m)) for m in members if m.name != "package/package.json"]
+    resp = requests.post(f"{hapi_base_url}/$install-package", data=tgz.read_bytes(),
+                         headers={"Content-Type": "application/gzip"}, timeout=600)
+    assert resp.status_code == 200, resp.text
+    installed = {
+        (parts["resourceType"], parts["id"])
+        for p in resp.json()["parameter"] if p["name"] == "resource"
+        for parts in [{q["name"]: next(v for k, v in q.items() if k.startswith("value")) for q in p["part"]}]
+    }
+    assert installed == {(r["resourceType"], r["id"]) for r in resources}
+    for res in resources:
+        stored = get(f"{hapi_base_url}/{res['resourceType']}/{res['id']}")
+        assert stored.status_code == 200, (res["id"], stored.text)
+        if res["resourceType"] != "StructureDefinition":  # the installer may regenerate snapshots
+            assert not differences(res, stored.json()), res["id"]

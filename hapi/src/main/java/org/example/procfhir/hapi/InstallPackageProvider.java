@@ -135,6 +135,14 @@ public class InstallPackageProvider {
 			spec.setInstallResourceTypes(installerTypes);
 		}
 
+		Parameters result = new Parameters();
+		result.addParameter().setName("package").setValue(new org.hl7.fhir.r4.model.StringType(name + "#" + version));
+		// Resources without a url first: the package's ImplementationGuide (installed by the
+		// installer) refers to its examples, which must exist when it is written.
+		if (!transactionResources.isEmpty()) {
+			writeInTransaction(result, transactionResources);
+		}
+
 		PackageInstallOutcomeJson outcome;
 		try {
 			// A stored package with the same name#version would be reused as is: replace it.
@@ -148,15 +156,10 @@ public class InstallPackageProvider {
 			throw new UnprocessableEntityException("$install-package: " + describe(e));
 		}
 
-		Parameters result = new Parameters();
-		result.addParameter().setName("package").setValue(new org.hl7.fhir.r4.model.StringType(name + "#" + version));
 		for (String type : installerTypes) {
 			for (IBaseResource resource : byType.get(type)) {
 				addInstalledCanonical(result, type, (Resource) resource);
 			}
-		}
-		if (!transactionResources.isEmpty()) {
-			writeInTransaction(result, transactionResources);
 		}
 		for (String message : outcome.getMessage()) {
 			result.addParameter().setName("message").setValue(new org.hl7.fhir.r4.model.StringType(message));
@@ -189,42 +192,58 @@ public class InstallPackageProvider {
 	}
 
 	/** Resources of the package's "package" folder by type, in installation order. */
+	/** Resources of the package's "package" folder and of its examples, by type, in installation order. */
 	private Map<String, List<IBaseResource>> parseResources(NpmPackage theNpm) {
-		NpmPackage.NpmPackageFolder folder = theNpm.getFolders().get("package");
-		Map<String, List<String>> types;
-		try {
-			types = folder.getTypes();
-		} catch (Exception e) {
-			throw new InvalidRequestException("$install-package: cannot index the package: " + describe(e));
+		Map<String, List<IBaseResource>> found = new LinkedHashMap<>();
+		for (Map.Entry<String, NpmPackage.NpmPackageFolder> entry : theNpm.getFolders().entrySet()) {
+			String folderName = entry.getKey();
+			if (!folderName.equals("package") && !folderName.equals("example") && !folderName.equals("package/example")) {
+				continue;
+			}
+			NpmPackage.NpmPackageFolder folder = entry.getValue();
+			Map<String, List<String>> types;
+			try {
+				types = folder.getTypes();
+			} catch (Exception e) {
+				throw new InvalidRequestException("$install-package: cannot index the package: " + describe(e));
+			}
+			for (Map.Entry<String, List<String>> type : types.entrySet()) {
+				if (myFhirContext.getResourceTypes().stream().noneMatch(type.getKey()::equals)) {
+					throw new UnprocessableEntityException(
+							"$install-package: resource type '" + type.getKey() + "' is not a FHIR R4 resource type");
+				}
+				List<IBaseResource> resources = found.computeIfAbsent(type.getKey(), k -> new ArrayList<>());
+				for (String file : type.getValue()) {
+					String where = folderName + "/" + file;
+					try {
+						byte[] content = folder.fetchFile(file);
+						resources.add(myFhirContext.newJsonParser().parseResource(new String(content, StandardCharsets.UTF_8)));
+					} catch (DataFormatException e) {
+						throw new UnprocessableEntityException(
+								"$install-package: " + where + " is not a valid FHIR R4 resource: " + e.getMessage());
+					} catch (Exception e) {
+						throw new InvalidRequestException("$install-package: cannot read " + where + ": " + describe(e));
+					}
+				}
+			}
 		}
 		List<String> order = new ArrayList<>();
 		for (String type : FIRST_TYPES) {
-			if (types.containsKey(type)) {
+			if (found.containsKey(type)) {
 				order.add(type);
 			}
 		}
-		types.keySet().stream().filter(t -> !FIRST_TYPES.contains(t)).sorted().forEach(order::add);
-
+		found.keySet().stream()
+				.filter(t -> !FIRST_TYPES.contains(t) && !t.equals("ImplementationGuide"))
+				.sorted()
+				.forEach(order::add);
+		// Last: an ImplementationGuide refers to the package's other resources.
+		if (found.containsKey("ImplementationGuide")) {
+			order.add("ImplementationGuide");
+		}
 		Map<String, List<IBaseResource>> result = new LinkedHashMap<>();
 		for (String type : order) {
-			if (myFhirContext.getResourceTypes().stream().noneMatch(type::equals)) {
-				throw new UnprocessableEntityException(
-						"$install-package: resource type '" + type + "' is not a FHIR R4 resource type");
-			}
-			List<IBaseResource> resources = new ArrayList<>();
-			for (String file : types.get(type)) {
-				try {
-					byte[] content = folder.fetchFile(file);
-					resources.add(myFhirContext.newJsonParser().parseResource(new String(content, StandardCharsets.UTF_8)));
-				} catch (DataFormatException e) {
-					throw new UnprocessableEntityException(
-							"$install-package: package/" + file + " is not a valid FHIR R4 resource: " + e.getMessage());
-				} catch (Exception e) {
-					throw new InvalidRequestException(
-							"$install-package: cannot read package/" + file + ": " + describe(e));
-				}
-			}
-			result.put(type, resources);
+			result.put(type, found.get(type));
 		}
 		return result;
 	}
