@@ -5,7 +5,8 @@ It forwards every request to ``upstream`` unchanged, except where a fault rule m
 - ``drop``: close the connection without forwarding (the request never reached the server);
 - ``drop_response``: forward, let the server process it, then close without answering
   (the client loses the response of a request that was applied);
-- ``status``: answer ``code`` (429, 503, ...) with an optional ``Retry-After`` without forwarding;
+- ``status``: answer ``code`` (429, 503, ...) with an optional ``Retry-After`` without forwarding
+  (with ``forward=True``: forward first, then answer ``code`` anyway, like a failing gateway);
 - ``delay``: wait ``seconds`` then forward.
 
 Rules are consumed in order of listing, each ``times`` times, for requests matching ``method``
@@ -20,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import requests
 
@@ -49,6 +51,7 @@ class Fault:
     code: int = 503
     retry_after: str | None = None
     seconds: float = 0.0
+    forward: bool = False  # status: forward to the server first, then answer the status anyway
 
     def matches(self, method: str, path: str, body: str) -> bool:
         return (
@@ -90,7 +93,7 @@ class FaultProxy:
         self,
         rate: float,
         seed: int,
-        kinds: tuple[str, ...] = ("drop", "drop_response", "429", "503", "delay"),
+        kinds: tuple[str, ...] = ("drop", "drop_response", "429", "503", "502", "504", "delay"),
     ) -> None:
         with self._lock:
             self._chaos = (rate, random.Random(seed), kinds)
@@ -106,15 +109,26 @@ class FaultProxy:
             for f in self.faults:
                 if f.matches(method, path, text):
                     f.times -= 1
-                    return Fault(f.kind, code=f.code, retry_after=f.retry_after, seconds=f.seconds)
+                    return Fault(
+                        f.kind, code=f.code, retry_after=f.retry_after, seconds=f.seconds, forward=f.forward
+                    )
             if self._chaos:
                 rate, rng, kinds = self._chaos
                 if rng.random() < rate:
                     k = rng.choice(kinds)
                     if k in ("429", "503"):
                         return Fault("status", code=int(k), retry_after=str(rng.choice([0, 1])))
+                    if k in ("502", "504"):  # a gateway that forwarded, then failed to answer
+                        return Fault("status", code=int(k), forward=True)
                     return Fault(k, seconds=rng.uniform(0.05, 0.5))
         return None
+
+    def _forward(self, method: str, path: str, headers: Any, body: bytes) -> requests.Response:
+        hdrs = {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
+        hdrs["Accept-Encoding"] = "identity"
+        return requests.request(
+            method, self.upstream + path, data=body or None, headers=hdrs, timeout=600, allow_redirects=False
+        )
 
     # -------------------------------------------------------------- running
     def start(self) -> str:
@@ -144,6 +158,10 @@ class FaultProxy:
                 if fault and fault.kind == "drop":
                     self.close_connection = True
                     return
+                if fault and fault.kind == "status" and fault.forward:
+                    seen.upstream_status = proxy._forward(
+                        self.command, self.path, self.headers, body
+                    ).status_code
                 if fault and fault.kind == "status":
                     payload = TRANSIENT_OUTCOME
                     self.send_response(fault.code)
@@ -156,16 +174,7 @@ class FaultProxy:
                     return
                 if fault and fault.kind == "delay":
                     time.sleep(fault.seconds)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                headers["Accept-Encoding"] = "identity"
-                resp = requests.request(
-                    self.command,
-                    proxy.upstream + self.path,
-                    data=body or None,
-                    headers=headers,
-                    timeout=600,
-                    allow_redirects=False,
-                )
+                resp = proxy._forward(self.command, self.path, self.headers, body)
                 seen.upstream_status = resp.status_code
                 if fault and fault.kind == "drop_response":
                     self.close_connection = True

@@ -193,13 +193,25 @@ def test_conditional_update_on_url_and_version(hapi_base_url: str) -> None:
     assert len(held) == 1 and held[0]["meta"]["versionId"] == "2"
 
 
-@pytest.mark.parametrize("mode,size", [("batch", 2), ("transaction", 3), ("put", None)])
-def test_batches_and_single_puts(hapi_base_url: str, mode: str, size: int | None) -> None:
+@pytest.mark.parametrize(
+    "mode,size,workers", [("batch", 2, 1), ("transaction", 3, 1), ("put", None, 1), ("transaction", 2, 3)]
+)
+def test_batches_and_single_puts(hapi_base_url: str, mode: str, size: int | None, workers: int) -> None:
     tag = f"u{uuid.uuid4().hex[:8]}"
     res = make_package(tag, n_procedures=4)
+    res += [{"resourceType": "Patient", "id": f"{tag}-pat{i}"} for i in range(6)]
+    res += [
+        {
+            "resourceType": "Procedure",
+            "id": f"{tag}-pp{i}",
+            "status": "completed",
+            "subject": {"reference": f"Patient/{tag}-pat{i}"},
+        }
+        for i in range(6)
+    ]
     seen: list[tuple[int, int]] = []
     report = Uploader(hapi_base_url).upload(
-        res, mode=mode, batch_size=size, progress=lambda d, t: seen.append((d, t))
+        res, mode=mode, batch_size=size, progress=lambda d, t: seen.append((d, t)), workers=workers
     )
     assert report.ok, report.summary_table()
     assert seen[-1] == (len(res), len(res))
@@ -246,7 +258,7 @@ def test_lost_transaction_response_is_checked_not_resent(hapi_base_url: str) -> 
     assert_server_holds_exactly(hapi_base_url, res)
 
 
-@pytest.mark.parametrize("mode,conditional", [("batch", True), ("transaction", False)])
+@pytest.mark.parametrize("mode,conditional", [("batch", True), ("transaction", False), ("put", False)])
 def test_random_faults_then_rerun_leaves_exactly_the_package(
     hapi_base_url: str, mode: str, conditional: bool
 ) -> None:

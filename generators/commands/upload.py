@@ -65,6 +65,13 @@ def _make_auth(kind: str, o: dict[str, Any]) -> Any:
     help="Entries per transaction/batch (default: all in one transaction; 100 per batch).",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Bundles sent at once (only clinical resources not referring to each other).",
+)
+@click.option(
     "--conditional",
     is_flag=True,
     help="Conditional update on url+version for resources with a url (servers that assign ids).",
@@ -144,6 +151,7 @@ def command(
     allow_insecure_http: bool,
     max_attempts: int,
     quiet: bool,
+    workers: int,
     **auth_opts: Any,
 ) -> None:
     """Upload the resources in PATH (folder, Bundle file or .tgz package) to a FHIR server.
@@ -189,6 +197,7 @@ def command(
             verify=verify,
             validate=validate,
             progress=progress,
+            workers=workers,
         )
     except UploadError as exc:
         _say(f"upload: {exc}", err=True)

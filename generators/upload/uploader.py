@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import queue
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -18,7 +20,14 @@ from generators.upload.client import FhirClient
 from generators.upload.compare import differences
 from generators.upload.errors import OutcomeUnknown, TransportError, UploadError
 from generators.upload.report import Issue, ResourceResult, UploadReport, issues_from_outcome
-from generators.upload.resources import dependency_order, key_of
+from generators.upload.resources import (
+    OTHER_RANK,
+    TYPE_RANK,
+    _literal_target,
+    _walk,
+    dependency_order,
+    key_of,
+)
 from generators.upload.retry import RetryPolicy
 
 MODES = ("transaction", "batch", "put")
@@ -311,9 +320,11 @@ class Uploader:
         In order: an entry index in the location (``Bundle.entry[3]``); an entry's ``Type/id``
         named in the message (not as a missing target); a value the message quotes or a
         ``Type/id`` it names as missing, held by exactly one entry (HAPI's parse errors quote the
-        invalid value; its referential-integrity errors name the missing target).
+        invalid value; its referential-integrity errors name the missing target); when up to ten
+        entries hold it, each gets the issue.
         """
         keys = {p.key: p for p in chunk}
+        extra: list[Issue] = []
         for iss in issues:
             if iss.resource:
                 continue
@@ -331,9 +342,10 @@ class Uploader:
             if not tokens:
                 continue
             holders = [p for p in chunk if tokens & _strings(p.resource)]
-            if len(holders) == 1:
+            if 1 <= len(holders) <= 10:  # e.g. several resources referring to the same missing one
                 iss.resource = holders[0].key
-        return issues
+                extra += [dataclasses.replace(iss, resource=h.key) for h in holders[1:]]
+        return issues + extra
 
     def _send_bundle(
         self,
@@ -429,10 +441,18 @@ class Uploader:
         validate: bool = False,
         progress: Callable[[int, int], None] | None = None,
         max_replans: int = 3,
+        workers: int = 1,
     ) -> UploadReport:
-        """Upload ``resources``; never raises for server-side failures, which land in the report."""
+        """Upload ``resources``; never raises for server-side failures, which land in the report.
+
+        ``workers`` > 1 sends up to that many bundles at once, but only bundles of clinical
+        resources that do not refer to a resource of a bundle still being sent (conformance and
+        knowledge resources, and conditional updates, always go one bundle at a time).
+        """
         if mode not in MODES:
             raise UploadError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        if workers < 1:
+            raise UploadError("workers must be at least 1")
         if batch_size is not None and batch_size < 1:
             raise UploadError("the batch size must be at least 1")
         if mode == "batch" and batch_size is None:
@@ -477,23 +497,18 @@ class Uploader:
                             if progress:
                                 progress(done, total)
             else:
-                # Several bundles: compare the next slice with the server (on a connection of
-                # its own) while the current one is being written.
-                slices = list(_chunks(ordered, batch_size))
-                planner = Uploader(self.base_url, client=self.client.fork())
-                done = 0
-                with ThreadPoolExecutor(max_workers=1) as pool:
-                    future = pool.submit(planner._plan_ordered, slices[0], conditional)
-                    for i in range(len(slices)):
-                        chunk_plan = future.result()
-                        if i + 1 < len(slices):
-                            future = pool.submit(planner._plan_ordered, slices[i + 1], conditional)
-                        todo = register(chunk_plan)
-                        if todo:
-                            self._send_bundle(todo, mode, results, report, max_replans)
-                        done += len(chunk_plan)
-                        if progress:
-                            progress(done, total)
+                self._pipelined(
+                    ordered,
+                    register,
+                    results,
+                    report,
+                    mode,
+                    batch_size,
+                    conditional,
+                    workers,
+                    max_replans,
+                    progress,
+                )
             if verify:
                 report.verified = True
                 self._verify(resources, conditional, report)
@@ -513,6 +528,79 @@ class Uploader:
             )
             report.elapsed = time.perf_counter() - start
         return report
+
+    def _pipelined(
+        self,
+        ordered: list[dict[str, Any]],
+        register: Callable[[list[PlannedAction]], list[PlannedAction]],
+        results: dict[str, ResourceResult],
+        report: UploadReport,
+        mode: str,
+        batch_size: int,
+        conditional: bool,
+        workers: int,
+        max_replans: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        """Several bundles: the next slice is compared with the server (on a connection of its
+        own) while the current bundles are written, by up to ``workers`` senders."""
+        total = len(ordered)
+        first, rest = ordered[:batch_size], ordered[batch_size:]
+        slices = [first, *_chunks(rest, max(batch_size, READ_CHUNK))]
+        planner = Uploader(self.base_url, client=self.client.fork())
+        senders: queue.SimpleQueue[Uploader] = queue.SimpleQueue()
+        for i in range(workers):
+            senders.put(self if i == 0 else Uploader(self.base_url, client=self.client.fork()))
+        in_flight: list[tuple[Future[None], set[str], int]] = []
+        done = 0
+
+        def send(chunk: list[PlannedAction]) -> None:
+            sender = senders.get()
+            try:
+                sender._send_bundle(chunk, mode, results, report, max_replans)
+            finally:
+                senders.put(sender)
+
+        def settle(all_of_them: bool) -> None:
+            nonlocal done, in_flight
+            if not in_flight:
+                return
+            futures = [f for f, _, _ in in_flight]
+            wait(futures, return_when=ALL_COMPLETED if all_of_them else FIRST_COMPLETED)
+            still = []
+            for f, keys, n in in_flight:
+                if f.done():
+                    f.result()  # re-raises a transport failure of that bundle
+                    done += n
+                else:
+                    still.append((f, keys, n))
+            in_flight = still
+            if progress:
+                progress(done, total)
+
+        with ThreadPoolExecutor(max_workers=1) as plan_pool, ThreadPoolExecutor(max_workers=workers) as pool:
+            future = plan_pool.submit(planner._plan_ordered, slices[0], conditional)
+            for i in range(len(slices)):
+                chunk_plan = future.result()
+                if i + 1 < len(slices):
+                    future = plan_pool.submit(planner._plan_ordered, slices[i + 1], conditional)
+                todo = register(chunk_plan)
+                done += len(chunk_plan) - len(todo)
+                for chunk in _chunks(todo, batch_size):
+                    needs = _targets(chunk, self.base_url)
+                    alone = (
+                        workers == 1
+                        or conditional
+                        or any(TYPE_RANK.get(p.resource_type, OTHER_RANK) < OTHER_RANK for p in chunk)
+                    )
+                    while in_flight and (
+                        alone or len(in_flight) >= workers or any(needs & keys for _, keys, _ in in_flight)
+                    ):
+                        settle(all_of_them=alone)
+                    in_flight.append((pool.submit(send, chunk), {p.key for p in chunk}, len(chunk)))
+                    if alone:
+                        settle(all_of_them=True)
+            settle(all_of_them=True)
 
     # ---------------------------------------------------------------- checks after the upload
     def _verify(self, resources: list[dict[str, Any]], conditional: bool, report: UploadReport) -> None:
@@ -548,6 +636,16 @@ class Uploader:
             for iss in self.validate(p.resource):
                 if iss.severity in ("error", "fatal", "warning"):
                     report.issues.append(iss)
+
+
+def _targets(chunk: list[PlannedAction], base_url: str) -> set[str]:
+    """``Type/id`` of every literal reference made by the resources of ``chunk``."""
+    out: set[str] = set()
+    for p in chunk:
+        refs: list[str] = []
+        _walk(p.resource, refs, [])
+        out.update(t for t in (_literal_target(r, base_url) for r in refs) if t)
+    return out
 
 
 def _raise_read(rtype: str, resp: requests.Response) -> Any:
