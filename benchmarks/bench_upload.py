@@ -10,6 +10,8 @@ real create):
 - the uploader with transactions of each batch size;
 - the same transaction bundles, built beforehand, POSTed directly with requests (no planning,
   no checks): the best rate the server reaches.
+Both with 1 and 2 bundles in flight at once (--workers; the uploader's --workers rule: a bundle
+never goes while one it refers to is in flight).
 Each transaction configuration runs --rounds times, alternating with the direct posts (the
 database grows as the benchmark goes); the best run counts. Prints resources/s per configuration.
 Targets: batched >= 10x one PUT per resource, and the
@@ -19,10 +21,13 @@ best batched upload >= 80 % of the best direct-post rate.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import queue
 import sys
 import time
 import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -89,29 +94,54 @@ def bundles(base: str, resources: list[dict[str, Any]], size: int) -> list[dict[
     return out
 
 
-def run_uploader(base: str, n: int, mode: str, size: int | None) -> float:
+def run_uploader(base: str, n: int, mode: str, size: int | None, workers: int = 1) -> float:
     data = make_data(f"b{uuid.uuid4().hex[:8]}", n)
     start = time.perf_counter()
-    report = Uploader(base).upload(data, mode=mode, batch_size=size)
+    report = Uploader(base).upload(data, mode=mode, batch_size=size, workers=workers)
     elapsed = time.perf_counter() - start
     if not report.ok:
         raise SystemExit(f"upload failed ({mode} {size}):\n{report.summary_table()}")
     return n / elapsed
 
 
-def run_direct(base: str, n: int, size: int) -> float:
+def run_direct(base: str, n: int, size: int, workers: int = 1) -> float:
+    """POST prebuilt transaction bundles; with ``workers`` > 1, up to that many at once, a bundle
+    waiting while one in flight holds a resource it refers to (the uploader's own rule)."""
     data = make_data(f"d{uuid.uuid4().hex[:8]}", n)
     prepared = bundles(base, data, size)
-    session = requests.Session()
     headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
-    import json
-
     bodies = [json.dumps(b, separators=(",", ":")).encode() for b in prepared]
-    start = time.perf_counter()
-    for body in bodies:
-        resp = session.post(base, data=body, headers=headers, timeout=600)
+    keys = [{f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in b["entry"]} for b in prepared]
+    needs = [
+        {e["resource"]["subject"]["reference"] for e in b["entry"] if "subject" in e["resource"]}
+        for b in prepared
+    ]
+    sessions: queue.SimpleQueue[requests.Session] = queue.SimpleQueue()
+    for _ in range(workers):
+        sessions.put(requests.Session())
+
+    def post(body: bytes) -> None:
+        session = sessions.get()
+        try:
+            resp = session.post(base, data=body, headers=headers, timeout=600)
+        finally:
+            sessions.put(session)
         if resp.status_code != 200:
             raise SystemExit(f"direct post failed: HTTP {resp.status_code} {resp.text[:300]}")
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        in_flight: list[tuple[Future[None], set[str]]] = []
+        for body, own, need in zip(bodies, keys, needs, strict=True):
+            while in_flight and (len(in_flight) >= workers or any(need & k for _, k in in_flight)):
+                wait([f for f, _ in in_flight], return_when=FIRST_COMPLETED)
+                for f, _ in in_flight:
+                    if f.done():
+                        f.result()
+                in_flight = [(f, k) for f, k in in_flight if not f.done()]
+            in_flight.append((pool.submit(post, body), own))
+        for f, _ in in_flight:
+            f.result()
     return n / (time.perf_counter() - start)
 
 
@@ -127,6 +157,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--resources", type=int, default=5000)
     ap.add_argument("--sizes", default="100,500,1000")
+    ap.add_argument("--workers", default="1,2", help="bundles in flight at once (uploader and direct)")
     ap.add_argument("--rounds", type=int, default=2, help="runs per configuration (best counts)")
     ap.add_argument(
         "--put-resources",
@@ -136,6 +167,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    worker_counts = [int(w) for w in args.workers.split(",")]
     base = os.environ.get("HAPI_BASE_URL")
     server = None
     if not base:
@@ -151,20 +183,25 @@ def main() -> None:
         rate_put = run_uploader(base, n_put, "put", None)
         rows.append((f"uploader, one PUT per resource ({n_put})", rate_put))
         best_up = best_direct = 0.0
-        for size in sizes:
-            # Alternate the two (the database grows as we go), best of --rounds each.
-            up = direct = 0.0
-            for r in range(args.rounds):
-                if r % 2 == 0:
-                    up = max(up, run_uploader(base, n, "transaction", size))
-                    direct = max(direct, run_direct(base, n, size))
-                else:
-                    direct = max(direct, run_direct(base, n, size))
-                    up = max(up, run_uploader(base, n, "transaction", size))
-            rows.append((f"uploader, transactions of {size}", up))
-            rows.append((f"direct POST of prebuilt transactions of {size}", direct))
-            best_up, best_direct = max(best_up, up), max(best_direct, direct)
-            print(f"  size {size}: uploader {up:.0f}/s, direct {direct:.0f}/s", flush=True)
+        for workers in worker_counts:
+            for size in sizes:
+                # Alternate the two (the database grows as we go), best of --rounds each.
+                up = direct = 0.0
+                for r in range(args.rounds):
+                    if r % 2 == 0:
+                        up = max(up, run_uploader(base, n, "transaction", size, workers))
+                        direct = max(direct, run_direct(base, n, size, workers))
+                    else:
+                        direct = max(direct, run_direct(base, n, size, workers))
+                        up = max(up, run_uploader(base, n, "transaction", size, workers))
+                w = f", {workers} at once" if workers > 1 else ""
+                rows.append((f"uploader, transactions of {size}{w}", up))
+                rows.append((f"direct POST of prebuilt transactions of {size}{w}", direct))
+                best_up, best_direct = max(best_up, up), max(best_direct, direct)
+                print(
+                    f"  size {size}, workers {workers}: uploader {up:.0f}/s, direct {direct:.0f}/s",
+                    flush=True,
+                )
         width = max(len(r[0]) for r in rows)
         print(f"\n{'configuration'.ljust(width)}  resources/s")
         for name, rate in rows:

@@ -545,8 +545,14 @@ class Uploader:
         """Several bundles: the next slice is compared with the server (on a connection of its
         own) while the current bundles are written, by up to ``workers`` senders."""
         total = len(ordered)
-        first, rest = ordered[:batch_size], ordered[batch_size:]
-        slices = [first, *_chunks(rest, max(batch_size, READ_CHUNK))]
+        # Slices grow geometrically (batch_size, 2x, 4x, ... up to READ_CHUNK): reading a slice
+        # costs much less than writing one, so each read finishes while the previous slice is written.
+        slices: list[list[dict[str, Any]]] = []
+        pos, size = 0, batch_size
+        while pos < total:
+            slices.append(ordered[pos : pos + size])
+            pos += size
+            size = max(batch_size, min(READ_CHUNK, size * 2))
         planner = Uploader(self.base_url, client=self.client.fork())
         senders: queue.SimpleQueue[Uploader] = queue.SimpleQueue()
         for i in range(workers):
