@@ -1,0 +1,26 @@
+"""The code base stays ruff-clean (the rules are in pyproject.toml)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+from generators.config import PROJECT_ROOT
+
+
+def test_ruff_check_is_clean() -> None:
+    ruff = shutil.which("ruff") or str(PROJECT_ROOT / ".venv" / "bin" / "ruff")
+    proc = subprocess.run(
+        [ruff, "check", "--no-cache", "."], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_fhir_folder_is_not_a_python_package() -> None:
+    # it would shadow the `fhir` namespace of fhir.resources
+    assert not list((PROJECT_ROOT / "fhir").rglob("*.py"))
+    import fhir.resources
+
+    assert "fhir.resources" in sys.modules
+    assert not str(fhir.resources.__file__).startswith(str(PROJECT_ROOT / "fhir"))
