@@ -78,6 +78,7 @@ def implementation_guide(cfg: Config, resources: list[dict[str, Any]]) -> dict[s
     return {
         "resourceType": "ImplementationGuide",
         "id": ig_id,
+        "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/ImplementationGuide"]},
         "text": {
             "status": "generated",
             "div": '<div xmlns="http://www.w3.org/1999/xhtml"><p>'

@@ -87,13 +87,14 @@ def build_profiles(
         defs = Definitions(diffs)
         for sd in diffs:
             full: dict[str, Any] = {"resourceType": "StructureDefinition", "id": sd["id"]}
+            full["meta"] = {"profile": ["http://hl7.org/fhir/StructureDefinition/StructureDefinition"]}
             full["text"] = _narrative(sd)
             for key, value in sd.items():
-                if key not in ("resourceType", "id", "text"):
+                if key not in ("resourceType", "id", "meta", "text"):
                     full[key] = value
             full["version"] = version
             full["status"] = status
-            full["experimental"] = status != "active"
+            full["experimental"] = False  # like the package's other resources: not for testing only
             full["date"] = date
             full["publisher"] = publisher
             ordered = {k: full[k] for k in _ORDER if k in full} | {
@@ -108,6 +109,7 @@ def build_profiles(
 _ORDER = [
     "resourceType",
     "id",
+    "meta",
     "text",
     "url",
     "version",

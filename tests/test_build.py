@@ -420,3 +420,12 @@ def test_mapping_schema_is_a_valid_json_schema() -> None:
 
     schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.validators.validator_for(schema).check_schema(schema)
+
+
+def test_every_resource_declares_its_profile(built: BuildResult) -> None:
+    known = {r["url"] for r in built.resources if r["resourceType"] == "StructureDefinition"}
+    for res in built.resources:
+        profiles = res.get("meta", {}).get("profile", [])
+        assert profiles, f"{res['resourceType']}/{res['id']} declares no profile"
+        for url in profiles:
+            assert url in known or url.startswith("http://hl7.org/fhir/StructureDefinition/"), url

@@ -15,6 +15,7 @@ def build_patient(m: Mapping) -> dict[str, Any]:
     return {
         "resourceType": "Patient",
         "id": p["id"],
+        "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/Patient"]},
         "text": narrative(("p", f"Example patient {p['given']} {p['family']} (not a real person).")),
         "name": [{"family": p["family"], "given": [p["given"]]}],
     }
