@@ -60,6 +60,8 @@ public class RestConfig {
 		server.setServerName("procfhir HAPI FHIR test server");
 		server.setDefaultResponseEncoding(EncodingEnum.JSON);
 		server.setDefaultPrettyPrint(false);
+		// Clients may ask for up to 1000 results per page (_count); the default page stays 20.
+		thePagingProvider.setMaximumPageSize(1000);
 		server.setPagingProvider(thePagingProvider);
 		server.registerProviders(theResourceProviders.createProviders());
 		server.registerProvider(theSystemProvider);

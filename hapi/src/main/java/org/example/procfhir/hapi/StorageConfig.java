@@ -2,6 +2,7 @@ package org.example.procfhir.hapi;
 
 import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
+import ca.uhn.fhir.jpa.api.model.HistoryCountModeEnum;
 import ca.uhn.fhir.jpa.config.util.HapiEntityManagerFactoryUtil;
 import ca.uhn.fhir.jpa.model.config.PartitionSettings;
 import ca.uhn.fhir.jpa.model.config.SubscriptionSettings;
@@ -48,6 +49,9 @@ public class StorageConfig {
 		// No Lucene / Elasticsearch index.
 		settings.setAdvancedHSearchIndexing(false);
 		settings.setStoreResourceInHSearchIndex(false);
+		// _history answers carry an accurate total (the default counts from a cache, and may be
+		// stale right after a write).
+		settings.setHistoryCountMode(HistoryCountModeEnum.COUNT_ACCURATE);
 		return settings;
 	}
 
@@ -73,7 +77,9 @@ public class StorageConfig {
 		config.setJdbcUrl(myJdbcUrl);
 		config.setUsername("sa");
 		config.setPassword("");
-		config.setMaximumPoolSize(20);
+		// An in-process database on a small machine: a few connections are plenty (each request
+		// holds one; batch2 and the schedulers take a few more).
+		config.setMaximumPoolSize(10);
 		config.setPoolName("procfhir-h2");
 		return new HikariDataSource(config);
 	}
@@ -95,6 +101,16 @@ public class StorageConfig {
 		properties.put("hibernate.format_sql", "false");
 		properties.put("hibernate.show_sql", "false");
 		properties.put("hibernate.search.enabled", "false");
+		// Bulk writes: a transaction bundle inserts thousands of rows (resource, version, search
+		// indexes); JDBC batching groups them by statement.
+		properties.put("hibernate.jdbc.batch_size", "100");
+		properties.put("hibernate.order_inserts", "true");
+		properties.put("hibernate.order_updates", "true");
+		properties.put("hibernate.jdbc.batch_versioned_data", "true");
+		if (myJdbcUrl.startsWith("jdbc:h2:")) {
+			// Id lookups of transaction entries answered from an index (see the class).
+			properties.put("hibernate.session_factory.statement_inspector", new H2IdLookupStatementInspector());
+		}
 		factory.setJpaProperties(properties);
 		return factory;
 	}
