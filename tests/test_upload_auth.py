@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from generators.upload import AuthError, SmartBackendAuth
+from tests.cliutil import run_upload_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -149,17 +147,6 @@ def test_smart_refusal_is_a_clear_error_without_secrets() -> None:
         SmartBackendAuth("c", "-----BEGIN PRIVATE KEY-----\nsecretstuff\n-----END PRIVATE KEY-----\n")
 
 
-def _run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "generators.cli", "upload", *args],
-        cwd=ROOT,
-        text=True,
-        capture_output=True,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
-
-
 def _resources(tmp_path: Path) -> Path:
     f = tmp_path / "p.json"
     f.write_text(json.dumps({"resourceType": "Patient", "id": "secret-test"}))
@@ -170,14 +157,14 @@ def test_cli_secrets_never_printed_on_errors(tmp_path: Path) -> None:
     res = _resources(tmp_path)
     dead = "https://127.0.0.1:9/fhir"  # nothing listens there
     token = "tok-SECRET-3f9a1c"
-    r = _run_cli(
+    r = run_upload_cli(
         [str(res), "--server", dead, "--auth", "bearer", "--max-attempts", "1"], {"FHIR_TOKEN": token}
     )
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert token not in r.stdout + r.stderr
     pw = tmp_path / "pw"
     pw.write_text("pw-SECRET-77aa\n")
-    r = _run_cli(
+    r = run_upload_cli(
         [
             str(res),
             "--server",
@@ -194,7 +181,7 @@ def test_cli_secrets_never_printed_on_errors(tmp_path: Path) -> None:
     )
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "pw-SECRET-77aa" not in r.stdout + r.stderr
-    r = _run_cli([str(res), "--server", dead, "--auth", "bearer", "--token-env", "NOT_SET_ANYWHERE"])
+    r = run_upload_cli([str(res), "--server", dead, "--auth", "bearer", "--token-env", "NOT_SET_ANYWHERE"])
     assert r.returncode == 2 and "NOT_SET_ANYWHERE, which is not set" in r.stderr
     # SMART: the token endpoint refuses; neither the key nor the signed assertion is printed
     pem, public = _keypair("RS384")
@@ -202,7 +189,7 @@ def test_cli_secrets_never_printed_on_errors(tmp_path: Path) -> None:
     try:
         key = tmp_path / "key.pem"
         key.write_text(pem)
-        r = _run_cli(
+        r = run_upload_cli(
             [
                 str(res),
                 "--server",
@@ -229,5 +216,5 @@ def test_cli_secrets_never_printed_on_errors(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
-    r = _run_cli([str(_resources(tmp_path)), "--server", "http://fhir.example.org/fhir"])
+    r = run_upload_cli([str(_resources(tmp_path)), "--server", "http://fhir.example.org/fhir"])
     assert r.returncode == 2 and "refusing plain http" in r.stderr

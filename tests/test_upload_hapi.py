@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -19,6 +16,7 @@ import requests
 
 from generators.upload import RetryPolicy, Uploader, load_resources
 from generators.upload.compare import differences
+from tests.cliutil import run_upload_cli
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.hapi
@@ -287,17 +285,6 @@ def test_random_faults_then_rerun_leaves_exactly_the_package(
             assert_server_holds_exactly(hapi_base_url, [r])
 
 
-def _cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "generators.cli", "upload", *args],
-        cwd=ROOT,
-        text=True,
-        capture_output=True,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
-
-
 def test_cli_dry_run_outcomes_and_no_secret(hapi_base_url: str, tmp_path: Path) -> None:
     tag = f"u{uuid.uuid4().hex[:8]}"
     res = make_package(tag)
@@ -308,11 +295,11 @@ def test_cli_dry_run_outcomes_and_no_secret(hapi_base_url: str, tmp_path: Path) 
     token = f"tok-SECRET-{uuid.uuid4().hex}"
     env = {"FHIR_TOKEN": token}
     args = ["--server", hapi_base_url, "--auth", "bearer"]
-    r = _cli([str(bundle), *args, "--dry-run"], env)
+    r = run_upload_cli([str(bundle), *args, "--dry-run"], env)
     assert r.returncode == 0, r.stderr
     assert f"create     CodeSystem/{tag}-cs" in r.stdout and "dry run, nothing written" in r.stdout
     assert read(hapi_base_url, f"CodeSystem/{tag}-cs") is None
-    r = _cli([str(bundle), *args, "--verify"], env)
+    r = run_upload_cli([str(bundle), *args, "--verify"], env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "every resource read back matches" in r.stdout
     res[6]["code"]["text"] = "changed"
@@ -320,9 +307,9 @@ def test_cli_dry_run_outcomes_and_no_secret(hapi_base_url: str, tmp_path: Path) 
     bundle.write_text(
         json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in res]})
     )
-    r = _cli([str(bundle), *args, "--dry-run"], env)
+    r = run_upload_cli([str(bundle), *args, "--dry-run"], env)
     assert f"update     Procedure/{tag}-proc1  (Procedure.code.text)" in r.stdout
-    r = _cli([str(bundle), *args], env)
+    r = run_upload_cli([str(bundle), *args], env)
     assert r.returncode == 1
     assert f"Procedure/{tag}-proc2" in r.stdout and "ERROR" in r.stdout and "Traceback" not in r.stderr
     assert token not in r.stdout + r.stderr
@@ -339,15 +326,17 @@ def _package_dir() -> Path:
 def test_real_package_upload_twice(hapi_base_url: str) -> None:
     fhir = _package_dir()
     tgz = next(fhir.glob("*.tgz"))
-    r = _cli([str(tgz), "--server", hapi_base_url, "--verify"])
+    r = run_upload_cli([str(tgz), "--server", hapi_base_url, "--verify"])
     assert r.returncode == 0, r.stdout + r.stderr
     resources = load_resources(fhir)
     versions = {key(x): history(hapi_base_url, key(x)) for x in resources}
-    r = _cli([str(fhir), "--server", hapi_base_url, "--dry-run"])
+    r = run_upload_cli([str(fhir), "--server", hapi_base_url, "--dry-run"])
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("create", "update", "unchanged"))]
     assert r.returncode == 0 and len(lines) == len(resources), r.stdout
     assert all(ln.startswith("unchanged") for ln in lines), r.stdout
-    r = _cli([str(fhir / "bundle.json"), "--server", hapi_base_url, "--mode", "batch", "--batch-size", "5"])
+    bundle_args = [str(fhir / "bundle.json"), "--server", hapi_base_url, "--mode", "batch"]
+    bundle_args += ["--batch-size", "5"]
+    r = run_upload_cli(bundle_args)
     assert r.returncode == 0, r.stdout + r.stderr
     assert {key(x): history(hapi_base_url, key(x)) for x in resources} == versions  # no new versions
 
