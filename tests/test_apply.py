@@ -238,21 +238,26 @@ def test_ids_are_deterministic():
     assert len({r["id"] for r in a}) == len(a)
 
 
-def test_memo_gives_the_same_results_as_plain_evaluation():
+def test_compiled_and_memo_give_the_same_results_as_plain_fhirpathpy():
     k = load_knowledge()
-    plain, memo = Applier(Plan(k, memo=False)), Applier(Plan(k, memo=True))
+    plain = Applier(Plan(k, memo=False, compiled=False))
+    memo = Applier(Plan(k, memo=True, compiled=False))
+    fast = Applier(Plan(k))
     outcomes = []
     for ctx in sample_contexts(400, seed=11, bad_every=7):
         results = []
-        for applier in (plain, memo):
+        for applier in (plain, memo, fast):
             try:
                 r = applier.apply(ctx)
                 results.append((r.resources, r.warnings, r.checks))
             except ApplyError as exc:
                 results.append(str(exc))
-        assert results[0] == results[1]
+        assert results[0] == results[1] == results[2]
         outcomes.append(isinstance(results[0], str))
     assert memo.plan.evaluator.hits > 0 and any(outcomes) and not all(outcomes)
+    # every expression of the plan is compiled, and no sample input fell back to fhirpathpy
+    assert all(x.fast is not None for x in fast.plan.expressions)
+    assert fast.plan.evaluator.compiled > 1000 and fast.plan.evaluator.fallbacks == 0
 
 
 def test_consent_texts_equal_a_direct_rendering():

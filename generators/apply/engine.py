@@ -108,7 +108,7 @@ def set_path(resource: dict[str, Any], dv: DynamicValue, values: list[Any]) -> N
 class Plan:
     """A compiled PlanDefinition, ready to be applied to many patients."""
 
-    def __init__(self, knowledge: Knowledge, memo: bool = True) -> None:
+    def __init__(self, knowledge: Knowledge, memo: bool = True, compiled: bool = True) -> None:
         self.k = knowledge
         self.plan = knowledge.plan
         self.url = self.plan["url"] + (f"|{self.plan['version']}" if self.plan.get("version") else "")
@@ -118,7 +118,7 @@ class Plan:
             self._compile(a, f"PlanDefinition/{self.plan['id']}.action[{i}]")
             for i, a in enumerate(self.plan.get("action", []))
         ]
-        self.evaluator = Evaluator(memo=memo)
+        self.evaluator = Evaluator(memo=memo, compiled=compiled)
         self.choices: dict[str, list[str]] = {}  # choice id -> ids of its ancestors (root first)
         self._index_choices(self.actions, [])
         if not self.choices:
