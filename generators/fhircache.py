@@ -33,11 +33,23 @@ CORE_PACKAGE = "hl7.fhir.r4.core"
 EXAMPLES_PACKAGE = "hl7.fhir.r4.examples"
 
 # Resource types that make up the core (conformance) package.
-CONFORMANCE_TYPES = frozenset({
-    "StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter", "OperationDefinition",
-    "CompartmentDefinition", "ConceptMap", "NamingSystem", "CapabilityStatement", "StructureMap",
-    "ImplementationGuide", "GraphDefinition", "MessageDefinition",
-})
+CONFORMANCE_TYPES = frozenset(
+    {
+        "StructureDefinition",
+        "ValueSet",
+        "CodeSystem",
+        "SearchParameter",
+        "OperationDefinition",
+        "CompartmentDefinition",
+        "ConceptMap",
+        "NamingSystem",
+        "CapabilityStatement",
+        "StructureMap",
+        "ImplementationGuide",
+        "GraphDefinition",
+        "MessageDefinition",
+    }
+)
 _INDEX_FIELDS = ("resourceType", "id", "url", "version", "kind", "type", "supplements", "content")
 
 
@@ -116,8 +128,9 @@ def verify_integrity(data: bytes, dist: dict[str, Any]) -> None:
             raise CacheError(f"tarball shasum mismatch: expected {shasum}, got {got}")
         checked = True
     if not checked:
-        raise CacheError("the registry published neither integrity nor shasum: "
-                         "refusing an unverified tarball")
+        raise CacheError(
+            "the registry published neither integrity nor shasum: refusing an unverified tarball"
+        )
 
 
 def _read_tarball(data: bytes) -> dict[str, bytes]:
@@ -204,8 +217,9 @@ def _split(files: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]
     return core, examples
 
 
-def fill(registry: str = DEFAULT_REGISTRY, root: Path | None = None, force: bool = False,
-         log: Any = None) -> bool:
+def fill(
+    registry: str = DEFAULT_REGISTRY, root: Path | None = None, force: bool = False, log: Any = None
+) -> bool:
     """Fill the cache with R4 core (+ examples). Returns False when it was already filled."""
     root = root or cache_root()
     if is_filled(root) and not force:
@@ -234,7 +248,7 @@ def fill(registry: str = DEFAULT_REGISTRY, root: Path | None = None, force: bool
         "url": "http://hl7.org/fhir/R4",
         "title": "FHIR R4 package : Core (conformance resources)",
         "description": f"R4 conformance resources extracted from {SOURCE_PACKAGE}@{FHIR_VERSION} "
-                       f"(shasum {dist.get('shasum')})",
+        f"(shasum {dist.get('shasum')})",
         "author": src_pkg.get("author", "HL7 Inc"),
         "dependencies": {},
     }

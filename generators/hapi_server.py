@@ -270,7 +270,11 @@ class HapiServer:
         with open(self.log_file, "wb") as log:
             began = time.monotonic()
             self._proc = subprocess.Popen(
-                cmd, cwd=HAPI_DIR, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cmd,
+                cwd=HAPI_DIR,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         self.pid_file.write_text(f"{self._proc.pid}\n")

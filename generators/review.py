@@ -332,8 +332,9 @@ def _chips(concepts: Iterable[dict[str, Any]]) -> str:
     out = []
     for cc in concepts:
         for c in cc.get("coding", []) or []:
-            system = _SYSTEM_NAMES.get(c.get("system", ""), "local" if "/CodeSystem/" in c.get("system", "")
-                                       else c.get("system", ""))
+            system = _SYSTEM_NAMES.get(
+                c.get("system", ""), "local" if "/CodeSystem/" in c.get("system", "") else c.get("system", "")
+            )
             out.append(
                 f'<span class="chip" title="{_e(c.get("system"))} | {_e(c.get("display"))}">'
                 f"{_e(system)} {_e(c.get('code'))}</span>"
@@ -439,7 +440,7 @@ def _plan_diagram(pd: dict[str, Any], refs: set[str]) -> str:
     parts = [
         f'<div class="plan" id="plan-{_slug(str(pd.get("id", "")))}">',
         f'<h3>{_e(pd.get("title") or pd.get("name"))} <span class="meta-line">PlanDefinition/'
-        f'{_e(pd.get("id"))}, status {_e(pd.get("status"))}</span></h3>',
+        f"{_e(pd.get('id'))}, status {_e(pd.get('status'))}</span></h3>",
     ]
     if pd.get("description"):
         parts.append(f"<p>{_e(pd['description'])}</p>")
@@ -689,7 +690,7 @@ def _signoff() -> str:
     )
     return (
         '<section class="part" id="signoff"><h2>Sign-off</h2>'
-        "<table class=\"signoff\"><thead><tr><th>Role</th><th>Name</th><th>Signature</th><th>Date</th></tr>"
+        '<table class="signoff"><thead><tr><th>Role</th><th>Name</th><th>Signature</th><th>Date</th></tr>'
         f"</thead><tbody>{rows}</tbody></table></section>"
     )
 

@@ -91,9 +91,18 @@ def context(technique: str, levels: list[str], *codings: dict[str, str], status:
 
 def as_list(name: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Parameters entries that HAPI reads as one list variable, however many (even none)."""
-    ext = [{"url": PARAMETER_DEFINITION, "valueParameterDefinition": {
-        "name": name, "use": "in", "min": 0, "max": "*",
-        "type": "Condition" if name == "%conditions" else "CodeableConcept"}}]
+    ext = [
+        {
+            "url": PARAMETER_DEFINITION,
+            "valueParameterDefinition": {
+                "name": name,
+                "use": "in",
+                "min": 0,
+                "max": "*",
+                "type": "Condition" if name == "%conditions" else "CodeableConcept",
+            },
+        }
+    ]
     return [dict(e, name=name, extension=ext) for e in entries] or [{"name": name, "extension": ext}]
 
 
@@ -106,14 +115,24 @@ def hapi_apply(base: str, ctx: dict[str, Any], parameters: list[dict[str, Any]] 
         parameters = as_list("%conditions", [{"resource": c} for c in env["conditions"]]) + as_list(
             "%levels", [{"valueCodeableConcept": lv} for lv in env["levels"]]
         )
-    body = {"resourceType": "Parameters", "parameter": [
-        {"name": "subject", "valueString": f"Patient/{ctx['patient']['id']}"},
-        {"name": "parameters", "resource": {"resourceType": "Parameters", "parameter": parameters}},
-        {"name": "data", "resource": {"resourceType": "Bundle", "type": "collection",
-                                      "entry": [{"resource": ctx["patient"]}]}},
-    ]}
-    resp = requests.post(f"{base}/PlanDefinition/{PLAN['id']}/$apply", data=json.dumps(body),
-                         headers=FHIR_JSON, timeout=120)
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "subject", "valueString": f"Patient/{ctx['patient']['id']}"},
+            {"name": "parameters", "resource": {"resourceType": "Parameters", "parameter": parameters}},
+            {
+                "name": "data",
+                "resource": {
+                    "resourceType": "Bundle",
+                    "type": "collection",
+                    "entry": [{"resource": ctx["patient"]}],
+                },
+            },
+        ],
+    }
+    resp = requests.post(
+        f"{base}/PlanDefinition/{PLAN['id']}/$apply", data=json.dumps(body), headers=FHIR_JSON, timeout=120
+    )
     assert resp.status_code == 200, resp.text[:1000]
     care_plan = resp.json()
     assert care_plan["resourceType"] == "CarePlan"
@@ -137,16 +156,19 @@ CASES = {
     "fracture, kyphoplasty, 2 levels": context("kyphoplasty", ["T12", "L1"], FRACTURE),
     "fracture, vertebroplasty, 1 level": context("vertebroplasty", ["L1"], FRACTURE),
     "myeloma (ICD-10), vertebroplasty, 3 levels": context(
-        "vertebroplasty", ["T11", "T12", "L1"], {"system": ICD10, "code": "C90.00"}),
+        "vertebroplasty", ["T11", "T12", "L1"], {"system": ICD10, "code": "C90.00"}
+    ),
     "hemangioma (local code), kyphoplasty, 1 level": context(
-        "kyphoplasty", ["L2"], {"system": LOCAL, "code": "vertebral-hemangioma"}),
+        "kyphoplasty", ["L2"], {"system": LOCAL, "code": "vertebral-hemangioma"}
+    ),
     "no indication (hypertension)": context("kyphoplasty", ["L1"], {"system": SCT, "code": "38341003"}),
     "no conditions": context("vertebroplasty", ["L1"]),
     "refuted fracture": context("vertebroplasty", ["L1"], FRACTURE, status="refuted"),
     "COPD, 1 level": context("vertebroplasty", ["L1"], FRACTURE, COPD),
     "COPD, 2 levels": context("kyphoplasty", ["T12", "L1"], FRACTURE, COPD),
     "COPD (ICD-10), 2 levels, vertebroplasty": context(
-        "vertebroplasty", ["L1", "L2"], FRACTURE, {"system": ICD10, "code": "J44.9"}),
+        "vertebroplasty", ["L1", "L2"], FRACTURE, {"system": ICD10, "code": "J44.9"}
+    ),
     "COPD, 3 levels": context("kyphoplasty", ["T11", "T12", "L1"], FRACTURE, COPD),
     "COPD without indication, 2 levels": context("kyphoplasty", ["T12", "L1"], COPD),
 }
@@ -189,9 +211,12 @@ def test_the_cases_cover_each_outcome() -> None:
         except NotApplicable as exc:
             outcomes.add(("refused", tuple(sorted(c.name for c in exc.failed)), None))
     assert outcomes == {
-        ("applies", "kyphoplasty", False), ("applies", "vertebroplasty", False),
-        ("applies", "kyphoplasty", True), ("applies", "vertebroplasty", True),
-        ("refused", ("HasIndication",), None), ("refused", ("LungDiseaseLevelLimit",), None),
+        ("applies", "kyphoplasty", False),
+        ("applies", "vertebroplasty", False),
+        ("applies", "kyphoplasty", True),
+        ("applies", "vertebroplasty", True),
+        ("refused", ("HasIndication",), None),
+        ("refused", ("LungDiseaseLevelLimit",), None),
     }
 
 

@@ -124,8 +124,12 @@ def test_transaction_conditional_update_search_and_history(hapi_base_url: str) -
 def test_transaction_is_atomic_and_batch_is_not(hapi_base_url: str) -> None:
     t = tag()
     good = {"resourceType": "Patient", "id": f"{t}-pat", "gender": "female"}
-    dangling = {"resourceType": "Procedure", "id": f"{t}-proc", "status": "completed",
-                "subject": {"reference": f"Patient/{t}-missing"}}
+    dangling = {
+        "resourceType": "Procedure",
+        "id": f"{t}-proc",
+        "status": "completed",
+        "subject": {"reference": f"Patient/{t}-missing"},
+    }
     entries = [
         {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
         for r in (good, dangling)
@@ -151,10 +155,13 @@ def test_numeric_ids_rejected_and_expunge_of_one_resource(hapi_base_url: str) ->
     assert put(f"{hapi_base_url}/Patient/{t}", {"resourceType": "Patient", "id": t}).status_code == 201
     assert requests.delete(f"{hapi_base_url}/Patient/{t}", timeout=60).status_code == 200
     assert get(f"{hapi_base_url}/Patient/{t}").status_code == 410  # deleted, history kept
-    expunge = {"resourceType": "Parameters", "parameter": [
-        {"name": "expungeDeletedResources", "valueBoolean": True},
-        {"name": "expungePreviousVersions", "valueBoolean": True},
-    ]}
+    expunge = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "expungeDeletedResources", "valueBoolean": True},
+            {"name": "expungePreviousVersions", "valueBoolean": True},
+        ],
+    }
     assert post(f"{hapi_base_url}/Patient/{t}/$expunge", expunge).status_code == 200
     assert get(f"{hapi_base_url}/Patient/{t}").status_code == 404  # gone for good
 
@@ -187,18 +194,26 @@ def test_validate_against_core_and_our_uploaded_conformance(hapi_base_url: str) 
         "type": "Procedure",
         "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Procedure",
         "derivation": "constraint",
-        "differential": {"element": [
-            {"id": "Procedure.code", "path": "Procedure.code", "min": 1,
-             "binding": {"strength": "required", "valueSet": vs["url"]}},
-            {"id": "Procedure.performed[x]", "path": "Procedure.performed[x]", "min": 1},
-        ]},
+        "differential": {
+            "element": [
+                {
+                    "id": "Procedure.code",
+                    "path": "Procedure.code",
+                    "min": 1,
+                    "binding": {"strength": "required", "valueSet": vs["url"]},
+                },
+                {"id": "Procedure.performed[x]", "path": "Procedure.performed[x]", "min": 1},
+            ]
+        },
     }
     for r in (cs, vs, profile):
         assert put(f"{hapi_base_url}/{r['resourceType']}/{r['id']}", r).status_code == 201
 
     def validate(code: str, system: str, performed: bool = True, profiled: bool = True) -> dict[str, Any]:
         proc: dict[str, Any] = {
-            "resourceType": "Procedure", "status": "completed", "subject": {"display": "x"},
+            "resourceType": "Procedure",
+            "status": "completed",
+            "subject": {"display": "x"},
             "code": {"coding": [{"system": system, "code": code}]},
         }
         if profiled:
@@ -214,9 +229,13 @@ def test_validate_against_core_and_our_uploaded_conformance(hapi_base_url: str) 
     assert any("gamma" in e for e in errors), errors
     assert any("performed" in e and "minimum required = 1" in e for e in errors), errors
     # The profile through ?profile= too, on a resource that does not declare it.
-    resp = requests.post(f"{hapi_base_url}/Procedure/$validate", params={"profile": profile_url},
-                         data=json.dumps({"resourceType": "Procedure", "status": "completed",
-                                          "subject": {"display": "x"}}), headers=FHIR_JSON, timeout=120)
+    resp = requests.post(
+        f"{hapi_base_url}/Procedure/$validate",
+        params={"profile": profile_url},
+        data=json.dumps({"resourceType": "Procedure", "status": "completed", "subject": {"display": "x"}}),
+        headers=FHIR_JSON,
+        timeout=120,
+    )
     assert any("Procedure.code" in e for e in issues(resp.json(), "error")), resp.text
 
     # A changed profile is used at once (the validation caches are cleared on write).
@@ -250,16 +269,33 @@ def test_install_package(hapi_base_url: str) -> None:
     name = f"example.test.{t}"
     cs = dict(code_system(t, ["x"]), status="draft")  # draft resources are installed too
     plan = {
-        "resourceType": "PlanDefinition", "id": f"{t}-pd", "url": f"http://example.org/{t}/PlanDefinition/pd",
-        "version": "0.1.0", "status": "draft", "action": [{"title": "first"}],
+        "resourceType": "PlanDefinition",
+        "id": f"{t}-pd",
+        "url": f"http://example.org/{t}/PlanDefinition/pd",
+        "version": "0.1.0",
+        "status": "draft",
+        "action": [{"title": "first"}],
     }
     patient = {"resourceType": "Patient", "id": f"{t}-pat", "gender": "male"}
-    procedure = {"resourceType": "Procedure", "id": f"{t}-proc", "status": "completed",
-                 "subject": {"reference": f"Patient/{t}-pat"}}
-    manifest = {"name": name, "version": "0.1.0", "fhirVersions": ["4.0.1"],
-                "dependencies": {"hl7.fhir.r4.core": "4.0.1"}}
-    files = {"package.json": manifest, "CodeSystem-cs.json": cs, "PlanDefinition-pd.json": plan,
-             "Procedure-proc.json": procedure, "Patient-pat.json": patient}
+    procedure = {
+        "resourceType": "Procedure",
+        "id": f"{t}-proc",
+        "status": "completed",
+        "subject": {"reference": f"Patient/{t}-pat"},
+    }
+    manifest = {
+        "name": name,
+        "version": "0.1.0",
+        "fhirVersions": ["4.0.1"],
+        "dependencies": {"hl7.fhir.r4.core": "4.0.1"},
+    }
+    files = {
+        "package.json": manifest,
+        "CodeSystem-cs.json": cs,
+        "PlanDefinition-pd.json": plan,
+        "Procedure-proc.json": procedure,
+        "Patient-pat.json": patient,
+    }
     url = f"{hapi_base_url}/$install-package"
     resp = requests.post(url, data=npm_tgz(files), headers={"Content-Type": "application/gzip"}, timeout=300)
     assert resp.status_code == 200, resp.text
@@ -268,11 +304,16 @@ def test_install_package(hapi_base_url: str) -> None:
     assert out["parameter"][0] == {"name": "package", "valueString": f"{name}#0.1.0"}
     installed = {
         (parts["resourceType"], parts["id"])
-        for p in out["parameter"] if p["name"] == "resource"
+        for p in out["parameter"]
+        if p["name"] == "resource"
         for parts in [{q["name"]: next(v for k, v in q.items() if k.startswith("value")) for q in p["part"]}]
     }
-    assert installed == {("CodeSystem", f"{t}-cs"), ("PlanDefinition", f"{t}-pd"),
-                         ("Patient", f"{t}-pat"), ("Procedure", f"{t}-proc")}
+    assert installed == {
+        ("CodeSystem", f"{t}-cs"),
+        ("PlanDefinition", f"{t}-pd"),
+        ("Patient", f"{t}-pat"),
+        ("Procedure", f"{t}-proc"),
+    }
     assert get(f"{hapi_base_url}/CodeSystem/{t}-cs").json()["url"] == cs["url"]
     assert get(f"{hapi_base_url}/PlanDefinition/{t}-pd").json()["action"][0]["title"] == "first"
     assert get(f"{hapi_base_url}/Procedure/{t}-proc").json()["subject"]["reference"] == f"Patient/{t}-pat"
@@ -298,8 +339,12 @@ def test_install_package(hapi_base_url: str) -> None:
 
 def test_cli_status(hapi_base_url: str) -> None:
     port = hapi_base_url.split(":")[2].split("/")[0]
-    proc = subprocess.run([sys.executable, "-m", "generators.cli", "hapi", "status", "--port", port],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "generators.cli", "hapi", "status", "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"{hapi_base_url}: answering" in proc.stdout
 
@@ -308,23 +353,45 @@ def test_plan_definition_apply(hapi_base_url: str) -> None:
     """PlanDefinition/$apply (cqf-fhir-cr-hapi 4.4.0): FHIRPath applicability conditions see the
     subject as ``%subject`` (``%patient`` is unknown to it)."""
     t = tag()
-    assert put(f"{hapi_base_url}/Patient/{t}-pat",
-               {"resourceType": "Patient", "id": f"{t}-pat", "gender": "female"}).status_code == 201
+    assert (
+        put(
+            f"{hapi_base_url}/Patient/{t}-pat",
+            {"resourceType": "Patient", "id": f"{t}-pat", "gender": "female"},
+        ).status_code
+        == 201
+    )
     ad_url = f"http://example.org/{t}/ActivityDefinition/ad"
-    ad = {"resourceType": "ActivityDefinition", "id": f"{t}-ad", "url": ad_url, "version": "1",
-          "status": "active", "kind": "ServiceRequest", "intent": "proposal", "code": {"text": "procedure"}}
+    ad = {
+        "resourceType": "ActivityDefinition",
+        "id": f"{t}-ad",
+        "url": ad_url,
+        "version": "1",
+        "status": "active",
+        "kind": "ServiceRequest",
+        "intent": "proposal",
+        "code": {"text": "procedure"},
+    }
     assert put(f"{hapi_base_url}/ActivityDefinition/{t}-ad", ad).status_code == 201
 
     def when(expression: str) -> list[dict[str, Any]]:
         fhirpath = {"language": "text/fhirpath", "expression": expression}
         return [{"kind": "applicability", "expression": fhirpath}]
 
-    plan = {"resourceType": "PlanDefinition", "id": f"{t}-pd", "url": f"http://example.org/{t}/PlanDefinition/pd",
-            "version": "1", "status": "active", "action": [
-                {"title": "women", "definitionCanonical": ad_url,
-                 "condition": when("%subject.gender = 'female'")},
-                {"title": "men", "condition": when("%subject.gender = 'male'")},
-            ]}
+    plan = {
+        "resourceType": "PlanDefinition",
+        "id": f"{t}-pd",
+        "url": f"http://example.org/{t}/PlanDefinition/pd",
+        "version": "1",
+        "status": "active",
+        "action": [
+            {
+                "title": "women",
+                "definitionCanonical": ad_url,
+                "condition": when("%subject.gender = 'female'"),
+            },
+            {"title": "men", "condition": when("%subject.gender = 'male'")},
+        ],
+    }
     assert put(f"{hapi_base_url}/PlanDefinition/{t}-pd", plan).status_code == 201
     resp = get(f"{hapi_base_url}/PlanDefinition/{t}-pd/$apply", params={"subject": f"Patient/{t}-pat"})
     assert resp.status_code == 200, resp.text
@@ -346,12 +413,17 @@ def test_install_our_package(hapi_base_url: str) -> None:
     with tarfile.open(tgz) as tar:
         members = [m for m in tar.getmembers() if m.name.endswith(".json") and "/." not in m.name]
         resources = [json.load(tar.extractfile(m)) for m in members if m.name != "package/package.json"]
-    resp = requests.post(f"{hapi_base_url}/$install-package", data=tgz.read_bytes(),
-                         headers={"Content-Type": "application/gzip"}, timeout=600)
+    resp = requests.post(
+        f"{hapi_base_url}/$install-package",
+        data=tgz.read_bytes(),
+        headers={"Content-Type": "application/gzip"},
+        timeout=600,
+    )
     assert resp.status_code == 200, resp.text
     installed = {
         (parts["resourceType"], parts["id"])
-        for p in resp.json()["parameter"] if p["name"] == "resource"
+        for p in resp.json()["parameter"]
+        if p["name"] == "resource"
         for parts in [{q["name"]: next(v for k, v in q.items() if k.startswith("value")) for q in p["part"]}]
     }
     assert installed == {(r["resourceType"], r["id"]) for r in resources}

@@ -228,9 +228,11 @@ def test_review_page_in_chromium(built: BuildResult, chromium: str, tmp_path: Pa
         assert ("local" in row.attrs["class"].split()) == code["local"]
         assert bool(row.all("span", "local")) == code["local"]
     local = built.terminology["local_codes_awaiting_review"]
-    assert local and f"{len(local)} local code(s) awaiting terminology review" in terminology.one(
-        "div", "callout"
-    ).text()
+    assert (
+        local
+        and f"{len(local)} local code(s) awaiting terminology review"
+        in terminology.one("div", "callout").text()
+    )
 
     # the validation result of every resource, with its issues
     validation = doc.by_id("validation")

@@ -18,8 +18,9 @@ def fill(registry: str | None, force: bool) -> None:
     from generators import fhircache
 
     try:
-        done = fhircache.fill(registry or fhircache.DEFAULT_REGISTRY, force=force,
-                              log=lambda m: click.echo(m, err=True))
+        done = fhircache.fill(
+            registry or fhircache.DEFAULT_REGISTRY, force=force, log=lambda m: click.echo(m, err=True)
+        )
     except (fhircache.CacheError, OSError) as exc:
         raise click.ClickException(f"fhir-cache fill failed: {exc}") from None
     if done:

@@ -6,8 +6,9 @@ import sys
 
 import click
 
-PORT = click.option("--port", type=click.IntRange(1, 65535), default=8090, show_default=True,
-                    help="Port on 127.0.0.1.")
+PORT = click.option(
+    "--port", type=click.IntRange(1, 65535), default=8090, show_default=True, help="Port on 127.0.0.1."
+)
 
 
 @click.group("hapi")
@@ -17,8 +18,13 @@ def command() -> None:
 
 @command.command("start")
 @PORT
-@click.option("--timeout", type=float, default=300, show_default=True,
-              help="Seconds to wait for GET /fhir/metadata to answer 200.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=300,
+    show_default=True,
+    help="Seconds to wait for GET /fhir/metadata to answer 200.",
+)
 @click.option("--java-opts", default=None, help="JVM options (default: $HAPI_JAVA_OPTS or -Xmx3g).")
 def start(port: int, timeout: float, java_opts: str | None) -> None:
     """Start the server in the background (building it first if needed) and wait until it answers."""
@@ -34,8 +40,10 @@ def start(port: int, timeout: float, java_opts: str | None) -> None:
         click.echo(f"hapi start failed: {exc}", err=True)
         sys.exit(1)
     # Leave it running: forget the process handle, the pid file stays.
-    click.echo(f"HAPI FHIR up: {server.base_url} (pid {server.pid}, {server.startup_seconds:.1f} s, "
-               f"log {server.log_file})")
+    click.echo(
+        f"HAPI FHIR up: {server.base_url} (pid {server.pid}, {server.startup_seconds:.1f} s, "
+        f"log {server.log_file})"
+    )
 
 
 @command.command("stop")
@@ -64,9 +72,10 @@ def status(port: int) -> None:
         sys.exit(1)
     answers = metadata_ok(server.base_url)
     rss = server.rss_kib()
-    click.echo(f"HAPI FHIR pid {pid} on {server.base_url}: "
-               f"{'answering' if answers else 'NOT answering'}"
-               + (f", RSS {rss / 1024:.0f} MiB" if rss else ""))
+    click.echo(
+        f"HAPI FHIR pid {pid} on {server.base_url}: "
+        f"{'answering' if answers else 'NOT answering'}" + (f", RSS {rss / 1024:.0f} MiB" if rss else "")
+    )
     if not answers:
         sys.exit(1)
 

@@ -11,10 +11,21 @@ import click
 
 
 @click.command("review")
-@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
-              help="package.yaml to use (default: the project's).")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("review.html"),
-              show_default=True, help="Where to write the page (a folder gets review.html).")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="package.yaml to use (default: the project's).",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=Path("review.html"),
+    show_default=True,
+    help="Where to write the page (a folder gets review.html).",
+)
 @click.option("--no-validate", is_flag=True, help="Leave the validation section empty.")
 def command(config: Path | None, out: Path, no_validate: bool) -> None:
     """Write the review page of a fresh build: source text and what each sentence became, the
