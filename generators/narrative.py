@@ -21,24 +21,39 @@ _ALLOWED_ATTRS = frozenset({"id", "class", "href", "title", "colspan", "rowspan"
 Node = str | tuple[Any, ...]
 
 
+def _text(value: str) -> str:
+    # html.escape(value, quote=False), without its call overhead on the common no-markup text
+    if "&" in value:
+        value = value.replace("&", "&amp;")
+    if "<" in value:
+        value = value.replace("<", "&lt;")
+    if ">" in value:
+        value = value.replace(">", "&gt;")
+    return value
+
+
 def render(node: Node) -> str:
+    if type(node) is str:
+        return _text(node)
     if isinstance(node, str):
         return escape(node, quote=False)
-    tag, *rest = node
+    tag = node[0]
     if tag not in ALLOWED:
         raise ValueError(f"narrative element <{tag}> is not allowed")
-    attrs: dict[str, str] = {}
-    if rest and isinstance(rest[0], dict):
-        attrs = rest.pop(0)
-    for name, value in attrs.items():
-        if name not in _ALLOWED_ATTRS:
-            raise ValueError(f"narrative attribute {name!r} is not allowed")
-        if name == "href" and not str(value).startswith("#"):
-            raise ValueError("narrative links must stay inside the document (#...)")
-    attr_text = "".join(f' {k}="{escape(str(v), quote=True)}"' for k, v in attrs.items())
-    inner = "".join(render(c) for c in rest if c is not None)
+    start = 1
+    attr_text = ""
+    if len(node) > 1 and isinstance(node[1], dict):
+        attrs = node[1]
+        start = 2
+        for name, value in attrs.items():
+            if name not in _ALLOWED_ATTRS:
+                raise ValueError(f"narrative attribute {name!r} is not allowed")
+            if name == "href" and not str(value).startswith("#"):
+                raise ValueError("narrative links must stay inside the document (#...)")
+        attr_text = "".join(f' {k}="{escape(str(v), quote=True)}"' for k, v in attrs.items())
     if tag == "br":
         return "<br/>"
+    inner = "".join([render(c) for c in node[start:] if c is not None])
     return f"<{tag}{attr_text}>{inner}</{tag}>"
 
 
