@@ -9,6 +9,10 @@ It forwards every request to ``upstream`` unchanged, except where a fault rule m
   (with ``forward=True``: forward first, then answer ``code`` anyway, like a failing gateway);
 - ``delay``: wait ``seconds`` then forward.
 
+``gate(check)`` makes it a resource server's front door too: a request whose bearer token
+``check(method, path, token)`` refuses gets 401 with ``WWW-Authenticate: Bearer`` (HAPI has no
+authorization of its own).
+
 Rules are consumed in order of listing, each ``times`` times, for requests matching ``method``
 and a ``path`` substring. ``chaos(rate, seed)`` adds seeded random faults instead. ``log`` lists
 every request seen with the fault applied and the upstream status.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,6 +44,7 @@ HOP_BY_HOP = {
     "host",
 }
 TRANSIENT_OUTCOME = b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"transient"}]}'
+LOGIN_OUTCOME = b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"login"}]}'
 
 
 @dataclass
@@ -79,6 +85,7 @@ class FaultProxy:
         self.log: list[Seen] = []
         self._lock = threading.Lock()
         self._chaos: tuple[float, random.Random, tuple[str, ...]] | None = None
+        self._gate: Callable[[str, str, str | None], bool] | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -97,6 +104,19 @@ class FaultProxy:
     ) -> None:
         with self._lock:
             self._chaos = (rate, random.Random(seed), kinds)
+
+    def gate(self, check: Callable[[str, str, str | None], bool] | None) -> None:
+        """Refuse (401) requests whose bearer token ``check(method, path, token)`` rejects."""
+        with self._lock:
+            self._gate = check
+
+    def _refused(self, method: str, path: str, authorization: str | None) -> bool:
+        with self._lock:
+            check = self._gate
+        if check is None:
+            return False
+        token = authorization[7:] if authorization and authorization.startswith("Bearer ") else None
+        return not check(method, path, token)
 
     def clear(self) -> None:
         with self._lock:
@@ -155,6 +175,16 @@ class FaultProxy:
                 )
                 with proxy._lock:
                     proxy.log.append(seen)
+                if proxy._refused(self.command, self.path, self.headers.get("Authorization")):
+                    seen.fault = "status 401"
+                    payload = LOGIN_OUTCOME
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Bearer error="invalid_token"')
+                    self.send_header("Content-Type", "application/fhir+json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 if fault and fault.kind == "drop":
                     self.close_connection = True
                     return

@@ -4,106 +4,21 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs
 
-import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from generators.upload import AuthError, SmartBackendAuth
 from tests.cliutil import run_upload_cli
+from tests.smartserver import TokenServer, keypair
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _keypair(alg: str) -> tuple[str, object]:
-    key = (
-        rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        if alg == "RS384"
-        else ec.generate_private_key(ec.SECP384R1())
-    )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return pem, key.public_key()
-
-
-class TokenServer:
-    """A SMART authorization server of our own on loopback: checks the client assertion."""
-
-    def __init__(self, public_key: object, alg: str, refuse: bool = False) -> None:
-        self.public_key, self.alg, self.refuse = public_key, alg, refuse
-        self.assertions: list[dict] = []
-        self.forms: list[dict[str, list[str]]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a: object) -> None:
-                pass
-
-            def _json(self, code: int, obj: dict) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                if self.path == "/fhir/.well-known/smart-configuration":
-                    self._json(
-                        200,
-                        {"token_endpoint": server.token_url, "grant_types_supported": ["client_credentials"]},
-                    )
-                else:
-                    self._json(404, {})
-
-            def do_POST(self) -> None:
-                form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
-                server.forms.append(form)
-                if server.refuse:
-                    self._json(400, {"error": "invalid_client", "error_description": "unknown key"})
-                    return
-                try:
-                    claims = jwt.decode(
-                        form["client_assertion"][0],
-                        server.public_key,
-                        algorithms=[server.alg],
-                        audience=server.token_url,
-                    )
-                    header = jwt.get_unverified_header(form["client_assertion"][0])
-                except jwt.PyJWTError as exc:
-                    self._json(400, {"error": "invalid_client", "error_description": str(exc)})
-                    return
-                server.assertions.append({"claims": claims, "header": header})
-                self._json(
-                    200,
-                    {
-                        "access_token": f"tok-{len(server.assertions)}",
-                        "token_type": "bearer",
-                        "expires_in": 300,
-                        "scope": form["scope"][0],
-                    },
-                )
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.token_url = f"{self.base}/token"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.mark.parametrize("alg", ["RS384", "ES384"])
 def test_smart_backend_services_token(alg: str) -> None:
-    pem, public = _keypair(alg)
+    pem, public = keypair(alg)
     ts = TokenServer(public, alg)
     try:
         auth = SmartBackendAuth("my-client", pem, algorithm=alg, key_id="k1", scope="system/*.rs")
@@ -134,7 +49,7 @@ def test_smart_backend_services_token(alg: str) -> None:
 
 
 def test_smart_refusal_is_a_clear_error_without_secrets() -> None:
-    pem, public = _keypair("RS384")
+    pem, public = keypair("RS384")
     ts = TokenServer(public, "RS384", refuse=True)
     try:
         auth = SmartBackendAuth("c", pem, token_url=ts.token_url)
@@ -184,7 +99,7 @@ def test_cli_secrets_never_printed_on_errors(tmp_path: Path) -> None:
     r = run_upload_cli([str(res), "--server", dead, "--auth", "bearer", "--token-env", "NOT_SET_ANYWHERE"])
     assert r.returncode == 2 and "NOT_SET_ANYWHERE, which is not set" in r.stderr
     # SMART: the token endpoint refuses; neither the key nor the signed assertion is printed
-    pem, public = _keypair("RS384")
+    pem, public = keypair("RS384")
     ts = TokenServer(public, "RS384", refuse=True)
     try:
         key = tmp_path / "key.pem"

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import requests
 
-from generators.upload import RetryPolicy, Uploader, load_resources
+from generators.upload import RetryPolicy, SmartBackendAuth, Uploader, load_resources
 from generators.upload.compare import differences
 from tests.cliutil import run_upload_cli
 from tests.faultproxy import FaultProxy
+from tests.smartserver import TokenServer, keypair
 
 pytestmark = pytest.mark.hapi
 ROOT = Path(__file__).resolve().parent.parent
@@ -348,3 +349,61 @@ def test_real_package_passes_server_validate(hapi_base_url: str) -> None:
     report = up.upload(load_resources(fhir), validate=True)
     errors = [i.line() for i in report.issues if i.severity in ("error", "fatal")]
     assert report.ok and not errors, "\n".join(errors)
+
+
+def test_smart_token_refreshed_after_a_401(hapi_base_url: str) -> None:
+    """The resource server revokes the first token mid-upload: one new token, the write retried."""
+    tag = f"u{uuid.uuid4().hex[:8]}"
+    res = make_package(tag)
+    pem, public = keypair("RS384")
+    ts = TokenServer(public, "RS384")
+    revoked: set[str] = set()
+
+    def check(method: str, path: str, token: str | None) -> bool:
+        if token is None or token not in ts.issued or token in revoked:
+            return False
+        if method == "POST" and token == "tok-1":  # the token dies as the transaction arrives
+            revoked.add(token)
+            return False
+        return True
+
+    try:
+        with FaultProxy(hapi_base_url.rsplit("/fhir", 1)[0]) as proxy:
+            proxy.gate(check)
+            auth = SmartBackendAuth("uploader", pem, token_url=ts.token_url)
+            report = Uploader(proxy.url + "/fhir", auth=auth).upload(res)
+            log = list(proxy.log)
+    finally:
+        ts.close()
+    assert report.ok, report.summary_table()
+    assert ts.issued == ["tok-1", "tok-2"]  # exactly one refresh
+    refused = [s for s in log if s.fault == "status 401"]
+    assert [(s.method, s.headers.get("Authorization")) for s in refused] == [("POST", "Bearer tok-1")]
+    after = log[log.index(refused[0]) + 1 :]
+    assert after and all(s.headers.get("Authorization") == "Bearer tok-2" for s in after)
+    assert after[0].method == "POST" and after[0].body == refused[0].body  # the same transaction, once more
+    assert_server_holds_exactly(hapi_base_url, res)
+
+
+def test_a_401_after_a_fresh_token_fails_clearly(hapi_base_url: str) -> None:
+    tag = f"u{uuid.uuid4().hex[:8]}"
+    res = make_package(tag, n_procedures=1)
+    pem, public = keypair("ES384")
+    ts = TokenServer(public, "ES384")
+    try:
+        with FaultProxy(hapi_base_url.rsplit("/fhir", 1)[0]) as proxy:
+            proxy.gate(lambda method, path, token: False)  # the server trusts none of them
+            auth = SmartBackendAuth("uploader", pem, algorithm="ES384", token_url=ts.token_url)
+            report = Uploader(proxy.url + "/fhir", auth=auth).upload(res)
+            log = list(proxy.log)
+    finally:
+        ts.close()
+    assert not report.ok
+    assert report.fatal == (
+        "POST /fhir/CodeSystem/_search: the server refused the credentials "
+        "(HTTP 401; a new token was fetched and refused too)"
+    )
+    assert ts.issued == ["tok-1", "tok-2"]  # one refresh, no loop, no fallback to other reads
+    assert [s.fault for s in log] == ["status 401", "status 401"]
+    for r in res:
+        assert read(hapi_base_url, key(r)) is None

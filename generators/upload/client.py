@@ -16,7 +16,7 @@ import requests
 import urllib3.exceptions
 
 from generators.upload.auth import Auth, NoAuth, SmartBackendAuth
-from generators.upload.errors import OutcomeUnknown, TransportError, UploadError
+from generators.upload.errors import AuthError, OutcomeUnknown, TransportError, UploadError
 from generators.upload.retry import NOT_PROCESSED_STATUSES, RETRY_STATUSES, RetryPolicy, parse_retry_after
 
 FHIR_JSON = "application/fhir+json"
@@ -171,9 +171,17 @@ class FhirClient:
                 self.stats.add("retries")
                 self.retry.sleep(delay)
                 continue
-            if resp.status_code == 401 and not refreshed and self.auth.refresh():
-                refreshed = True
-                continue
+            if resp.status_code == 401:
+                if not refreshed and self.auth.refresh():
+                    refreshed = True  # the token may have expired or been revoked: one new one
+                    continue
+                resp.close()
+                hint = (
+                    "a new token was fetched and refused too"
+                    if refreshed
+                    else f"credentials: {self.auth.name}"
+                )
+                raise AuthError(f"{what}: the server refused the credentials (HTTP 401; {hint})")
             if resp.status_code in RETRY_STATUSES:
                 if not idempotent and resp.status_code not in NOT_PROCESSED_STATUSES:
                     self.stats.add("lost_responses")
