@@ -1,4 +1,4 @@
-"""The code base stays ruff-clean (the rules are in pyproject.toml)."""
+"""The code base stays ruff-clean and ruff-formatted (the rules are in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,18 @@ def test_ruff_check_is_clean() -> None:
     ruff = shutil.which("ruff") or str(PROJECT_ROOT / ".venv" / "bin" / "ruff")
     proc = subprocess.run(
         [ruff, "check", "--no-cache", "."], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_format_is_clean() -> None:
+    ruff = shutil.which("ruff") or str(PROJECT_ROOT / ".venv" / "bin" / "ruff")
+    proc = subprocess.run(
+        [ruff, "format", "--check", "--no-cache", "."],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
