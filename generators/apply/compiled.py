@@ -51,7 +51,7 @@ class Compiled:
         for v in result:
             if type(v) not in _PLAIN:  # objects, decimals: fhirpathpy converts those
                 raise Unsupported("result is not a primitive")
-        return result
+        return list(result)  # never the caller's own list (``%levels`` alone returns it)
 
 
 _ROOT: list[Any] = [{}]  # fhirpathpy evaluates on the resource {} when given only variables
