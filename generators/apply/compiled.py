@@ -283,22 +283,18 @@ def _boolean_operand(items: list[Any]) -> bool | None:
     return v
 
 
-def _and(a: list[Any], b: list[Any]) -> list[Any]:
-    x, y = _boolean_operand(a), _boolean_operand(b)
-    if x is False or y is False:
-        return [False]
-    if x is None or y is None:
-        return []
-    return [True]
+def _logic(dominant: bool) -> Callable[[list[Any], list[Any]], list[Any]]:
+    """``and`` (False dominates) or ``or`` (True dominates), with empty meaning unknown."""
 
+    def logic(a: list[Any], b: list[Any]) -> list[Any]:
+        x, y = _boolean_operand(a), _boolean_operand(b)
+        if x is dominant or y is dominant:
+            return [dominant]
+        if x is None or y is None:
+            return []
+        return [not dominant]
 
-def _or(a: list[Any], b: list[Any]) -> list[Any]:
-    x, y = _boolean_operand(a), _boolean_operand(b)
-    if x is True or y is True:
-        return [True]
-    if x is None or y is None:
-        return []
-    return [False]
+    return logic
 
 
 def _plus(a: list[Any], b: list[Any]) -> list[Any]:
@@ -328,8 +324,8 @@ _OPERATORS: dict[str, tuple[Callable[[list[Any], list[Any]], list[Any]], bool]] 
     "<=": (_ordering(lambda x, y: x <= y), True),
     ">": (_ordering(lambda x, y: x > y), True),
     ">=": (_ordering(lambda x, y: x >= y), True),
-    "and": (_and, True),
-    "or": (_or, True),
+    "and": (_logic(False), True),
+    "or": (_logic(True), True),
     "+": (_plus, False),
     "*": (_times, False),
 }

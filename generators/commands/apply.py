@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from generators.apply.errors import ApplyError, KnowledgeError
+from generators.commands.options import config_option
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -44,7 +45,7 @@ def _write_atomic(path: Path, text: str) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Take the plan from a built package folder (default: built in memory from package.yaml).",
 )
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="package.yaml to use.")
+@config_option
 @click.option("--workers", default=1, show_default=True, help="Batch: worker processes.")
 @click.option("--overwrite", is_flag=True, help="Batch: replace an existing, non-empty output folder.")
 def command(

@@ -9,15 +9,11 @@ from pathlib import Path
 
 import click
 
+from generators.commands.options import config_option
+
 
 @click.command("review")
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="package.yaml to use (default: the project's).",
-)
+@config_option
 @click.option(
     "--out",
     "out",
