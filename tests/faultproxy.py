@@ -160,6 +160,16 @@ class FaultProxy:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 pass
 
+            def _answer(self, code: int, payload: bytes, headers: dict[str, str]) -> None:
+                """Answer without forwarding: ``code`` with an OperationOutcome body."""
+                self.send_response(code)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
@@ -177,13 +187,7 @@ class FaultProxy:
                     proxy.log.append(seen)
                 if proxy._refused(self.command, self.path, self.headers.get("Authorization")):
                     seen.fault = "status 401"
-                    payload = LOGIN_OUTCOME
-                    self.send_response(401)
-                    self.send_header("WWW-Authenticate", 'Bearer error="invalid_token"')
-                    self.send_header("Content-Type", "application/fhir+json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
+                    self._answer(401, LOGIN_OUTCOME, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
                     return
                 if fault and fault.kind == "drop":
                     self.close_connection = True
@@ -193,14 +197,8 @@ class FaultProxy:
                         self.command, self.path, self.headers, body
                     ).status_code
                 if fault and fault.kind == "status":
-                    payload = TRANSIENT_OUTCOME
-                    self.send_response(fault.code)
-                    if fault.retry_after is not None:
-                        self.send_header("Retry-After", fault.retry_after)
-                    self.send_header("Content-Type", "application/fhir+json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
+                    retry = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+                    self._answer(fault.code, TRANSIENT_OUTCOME, retry)
                     return
                 if fault and fault.kind == "delay":
                     time.sleep(fault.seconds)

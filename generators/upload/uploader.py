@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import requests
 
+from generators.jsonwalk import strings
 from generators.upload.auth import Auth
 from generators.upload.client import FhirClient
 from generators.upload.compare import differences
@@ -37,20 +38,6 @@ _STATUS = re.compile(r"^\s*(\d{3})")
 _TYPE_ID = re.compile(r"\b([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})\b")
 _QUOTED = re.compile(r"[\"'“]([^\"'”\s][^\"'”]{1,199})[\"'”]")
 _ELEMENT = re.compile(r"element=[\"']([^\"']+)[\"']")
-
-
-def _strings(obj: Any, out: set[str] | None = None) -> set[str]:
-    """Every string value in a resource."""
-    out = set() if out is None else out
-    if isinstance(obj, str):
-        out.add(obj)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            _strings(v, out)
-    elif isinstance(obj, list):
-        for v in obj:
-            _strings(v, out)
-    return out
 
 
 @dataclass
@@ -341,7 +328,7 @@ class Uploader:
             tokens |= set(_TYPE_ID.findall(iss.message))
             if not tokens:
                 continue
-            holders = [p for p in chunk if tokens & _strings(p.resource)]
+            holders = [p for p in chunk if tokens & strings(p.resource)]
             if 1 <= len(holders) <= 10:  # e.g. several resources referring to the same missing one
                 iss.resource = holders[0].key
                 extra += [dataclasses.replace(iss, resource=h.key) for h in holders[1:]]

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from generators.jsonwalk import strings
 from generators.validator.definitions import CompiledSD, Definitions, DefinitionsError, Node
 from generators.validator.invariants import Invariants
 from generators.validator.issues import Issue
@@ -262,15 +263,7 @@ class Validator:
         resource, or itself refers to its container ('#')."""
 
         def local_refs(value: Any, out: set[str]) -> None:
-            if isinstance(value, str):
-                if value.startswith("#"):
-                    out.add(value)
-            elif isinstance(value, dict):
-                for v in value.values():
-                    local_refs(v, out)
-            elif isinstance(value, list):
-                for v in value:
-                    local_refs(v, out)
+            out.update(s for s in strings(value) if s.startswith("#"))
 
         for i, c in enumerate(res["contained"]):
             if not isinstance(c, dict):
