@@ -20,14 +20,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from generators.apply.samples import write_ndjson  # noqa: E402
+from procfhir.apply.samples import write_ndjson  # noqa: E402
 
 
 def run(n: int, workdir: Path, workers: int) -> dict[str, float]:
     src = workdir / f"contexts-{n}.ndjson"
     write_ndjson(src, n, seed=n)
     out = workdir / f"out-{n}"
-    cmd = [sys.executable, "-m", "generators.cli", "apply", "--batch", str(src), "--out", str(out),
+    cmd = [sys.executable, "-m", "procfhir.cli", "apply", "--batch", str(src), "--out", str(out),
            "--workers", str(workers)]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)

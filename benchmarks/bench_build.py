@@ -1,7 +1,7 @@
 """Benchmark: the whole build as a cold process (``procfhir build``), as a user runs it.
 
 Usage: python benchmarks/bench_build.py [--runs 10]
-Prints min / median / max wall time of ``python -m generators.cli build --out <tmp>`` and the
+Prints min / median / max wall time of ``python -m procfhir.cli build --out <tmp>`` and the
 slowest imports of one run (python -X importtime). Target: under 1 s on a 2-core machine.
 """
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_once(out: Path, extra: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "generators.cli", "build", "--out", str(out), *extra],
+        [sys.executable, "-m", "procfhir.cli", "build", "--out", str(out), *extra],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -31,7 +31,7 @@ def run_once(out: Path, extra: list[str]) -> float:
 
 def slowest_imports(out: Path, top: int = 8) -> list[tuple[int, str]]:
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "generators.cli", "build", "--out", str(out)],
+        [sys.executable, "-X", "importtime", "-m", "procfhir.cli", "build", "--out", str(out)],
         cwd=ROOT,
         check=True,
         capture_output=True,

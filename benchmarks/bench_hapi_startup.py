@@ -23,7 +23,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from generators.hapi_server import HapiServer, ensure_jar, free_port  # noqa: E402
+from procfhir.hapi_server import HapiServer, ensure_jar, free_port  # noqa: E402
 
 PATIENT = {
     "resourceType": "Patient",

@@ -38,7 +38,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from generators.upload import Uploader  # noqa: E402
+from procfhir.upload import Uploader  # noqa: E402
 
 
 def make_data(tag: str, n: int) -> list[dict[str, Any]]:
@@ -148,7 +148,7 @@ def run_direct(base: str, n: int, size: int, workers: int = 1) -> float:
 
 
 def start_server() -> tuple[str, Any]:
-    from generators.hapi_server import HapiServer, free_port  # the HAPI test server (hapi/)
+    from procfhir.hapi_server import HapiServer, free_port  # the HAPI test server (hapi/)
 
     server = HapiServer(free_port()).start()
     print(f"started HAPI in {server.startup_seconds:.1f} s", flush=True)

@@ -31,7 +31,7 @@ COLD_RUNS = int(os.environ.get("BENCH_COLD_RUNS", "5"))
 
 def package_dir(tmp: Path) -> Path:
     """A fresh build of the package (the same content as fhir/, with the current profiles)."""
-    from generators.build import build
+    from procfhir.build import build
 
     out = tmp / "fhir"
     build(out_dir=out)
@@ -81,7 +81,7 @@ def rate(n: int, seconds: float) -> str:
 
 
 def ours(resources: list[dict], definitions: list[dict]) -> tuple[float, int]:
-    from generators.validator import Validator
+    from procfhir.validator import Validator
 
     v = Validator(extra_definitions=definitions)
     v.validate(resources[0])  # definitions loaded lazily: count them in, but once
@@ -95,7 +95,7 @@ def ours(resources: list[dict], definitions: list[dict]) -> tuple[float, int]:
 def hapi(base: str, resources: list[dict]) -> tuple[float, int]:
     import requests
 
-    from generators.validator.hapi_compare import hapi_errors, hapi_validate
+    from procfhir.validator.hapi_compare import hapi_errors, hapi_validate
 
     s = requests.Session()
     hapi_validate(s, base, resources[0])  # warm-up (HAPI loads and caches definitions)
@@ -115,7 +115,7 @@ def cold(folder: Path) -> list[tuple[float, float]]:
     cmd = (
         [str(exe), "validate", str(folder), "-q"]
         if exe.exists()
-        else [sys.executable, "-m", "generators.cli", "validate", str(folder), "-q"]
+        else [sys.executable, "-m", "procfhir.cli", "validate", str(folder), "-q"]
     )
     out = []
     for _ in range(COLD_RUNS):
@@ -152,7 +152,7 @@ def main() -> None:
         if base:
             import requests
 
-            from generators.validator.hapi_compare import install_definitions
+            from procfhir.validator.hapi_compare import install_definitions
 
             n = install_definitions(requests.Session(), base, package)
             print(f"HAPI  {base}: installed {n} conformance resources")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from generators.config import PROJECT_ROOT
+from procfhir.config import PROJECT_ROOT
 
 SOURCE = PROJECT_ROOT / "source"
 DOC = "vertebroplasty-kyphoplasty"

@@ -14,7 +14,7 @@ def run_upload_cli(
     args: list[str], env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "generators.cli", "upload", *args],
+        [sys.executable, "-m", "procfhir.cli", "upload", *args],
         cwd=ROOT,
         text=True,
         capture_output=True,

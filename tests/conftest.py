@@ -1,11 +1,11 @@
 """Shared fixtures. ``hapi_base_url``: ONE real HAPI FHIR server per test session.
 
-The server (``hapi/``, see :mod:`generators.hapi_server`) starts on a free port of 127.0.0.1 with a
+The server (``hapi/``, see :mod:`procfhir.hapi_server`) starts on a free port of 127.0.0.1 with a
 fresh in-memory database the first time a test asks for ``hapi_base_url``, and stops when the
 session ends. It is shared by every test of the session: use resource ids and canonical urls
 unique to your test (ids must contain a letter), and send ``Cache-Control: no-cache`` if you like
 (the server never reuses cached search results anyway). A test that needs an empty server may call
-:func:`generators.hapi_server.expunge_all`, but only if it can tolerate (and does not break)
+:func:`procfhir.hapi_server.expunge_all`, but only if it can tolerate (and does not break)
 other tests' data, i.e. practically never in a shared session.
 
 Without Java 17+ or Maven, tests using the fixture are skipped with the reason, except under
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from generators.hapi_server import HapiError, HapiServer, HapiUnavailable, free_port
+from procfhir.hapi_server import HapiError, HapiServer, HapiUnavailable, free_port
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 START_TIMEOUT = float(os.environ.get("HAPI_START_TIMEOUT", "300"))

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from generators.apply import Applier, ApplyError, NotApplicable, apply, complete_procedure, load_plan
-from generators.apply.engine import Plan
-from generators.apply.knowledge import load_knowledge
-from generators.apply.resources import Builder
-from generators.apply.samples import sample_contexts
-from generators.builders.consent import consent_form_html, consent_narrative
-from generators.cli import main
+from procfhir.apply import Applier, ApplyError, NotApplicable, apply, complete_procedure, load_plan
+from procfhir.apply.engine import Plan
+from procfhir.apply.knowledge import load_knowledge
+from procfhir.apply.resources import Builder
+from procfhir.apply.samples import sample_contexts
+from procfhir.builders.consent import consent_form_html, consent_narrative
+from procfhir.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "apply"
 SCT = "http://snomed.info/sct"
@@ -52,8 +52,8 @@ def with_copd(ctx: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def validator():
-    from generators.build import build
-    from generators.validator import Validator
+    from procfhir.build import build
+    from procfhir.validator import Validator
 
     return Validator(extra_definitions=build(write=False, validate=False).resources)
 
@@ -364,7 +364,7 @@ def test_batch_of_1000_validates_and_reports_failures(tmp_path, validator):
 
 
 def test_package_dir_gives_the_same_plan(tmp_path):
-    from generators.build import build
+    from procfhir.build import build
 
     build(out_dir=tmp_path / "pkg", validate=False)
     from_pkg = Applier(load_plan(tmp_path / "pkg")).apply(context())

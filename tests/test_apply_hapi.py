@@ -1,5 +1,5 @@
 """HAPI's ``PlanDefinition/$apply`` (cqf-fhir-cr-hapi 4.4.0, the REAL server of ``hapi/``) selects
-the same actions of our plan as our Python engine (:mod:`generators.apply`), patient by patient.
+the same actions of our plan as our Python engine (:mod:`procfhir.apply`), patient by patient.
 
 How HAPI gets our contract's variables (found in cqf-fhir-cr 4.4.0's sources): the ``parameters``
 input (a Parameters resource) is copied into the evaluation parameters, each entry becoming a CQL
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import requests
 
-from generators.apply import NotApplicable, apply, load_plan
+from procfhir.apply import NotApplicable, apply, load_plan
 
 pytestmark = pytest.mark.hapi
 

@@ -15,9 +15,9 @@ import fhirpathpy
 import pytest
 import yaml
 
-from generators.build import BuildResult, build
-from generators.config import PROJECT_ROOT
-from generators.errors import BuildError
+from procfhir.build import BuildResult, build
+from procfhir.config import PROJECT_ROOT
+from procfhir.errors import BuildError
 from tests.buildutil import copy_inputs, mapping_path, text_path
 
 FHIR_DIR = PROJECT_ROOT / "fhir"
@@ -388,7 +388,7 @@ def test_cli_builds_and_refuses_with_a_clear_message(tmp_path: Path) -> None:
     cfg = copy_inputs(tmp_path)
     out = tmp_path / "cli-out"
     ok = subprocess.run(
-        [sys.executable, "-m", "generators.cli", "build", "--config", str(cfg), "--out", str(out)],
+        [sys.executable, "-m", "procfhir.cli", "build", "--config", str(cfg), "--out", str(out)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -401,7 +401,7 @@ def test_cli_builds_and_refuses_with_a_clear_message(tmp_path: Path) -> None:
     text_path(tmp_path).write_text(text_path(tmp_path).read_text().replace("extremely rare", "very rare"))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     bad = subprocess.run(
-        [sys.executable, "-m", "generators.cli", "build", "--config", str(cfg), "--out", str(out)],
+        [sys.executable, "-m", "procfhir.cli", "build", "--config", str(cfg), "--out", str(out)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -416,7 +416,7 @@ def test_cli_builds_and_refuses_with_a_clear_message(tmp_path: Path) -> None:
 def test_mapping_schema_is_a_valid_json_schema() -> None:
     import jsonschema
 
-    from generators.mapping import SCHEMA_PATH
+    from procfhir.mapping import SCHEMA_PATH
 
     schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.validators.validator_for(schema).check_schema(schema)

@@ -17,11 +17,11 @@ from typing import Any
 import fhirpathpy
 import pytest
 
-from generators.apply import load_plan
-from generators.apply.compiled import Unsupported, compile_fast
-from generators.apply.errors import KnowledgeError
-from generators.apply.expressions import Evaluator, Expression
-from generators.apply.samples import sample_contexts
+from procfhir.apply import load_plan
+from procfhir.apply.compiled import Unsupported, compile_fast
+from procfhir.apply.errors import KnowledgeError
+from procfhir.apply.expressions import Evaluator, Expression
+from procfhir.apply.samples import sample_contexts
 
 CORPUS = [
     "%levels.count()",

@@ -340,7 +340,7 @@ def test_install_package(hapi_base_url: str) -> None:
 def test_cli_status(hapi_base_url: str) -> None:
     port = hapi_base_url.split(":")[2].split("/")[0]
     proc = subprocess.run(
-        [sys.executable, "-m", "generators.cli", "hapi", "status", "--port", port],
+        [sys.executable, "-m", "procfhir.cli", "hapi", "status", "--port", port],
         capture_output=True,
         text=True,
         timeout=120,
@@ -405,8 +405,8 @@ def test_plan_definition_apply(hapi_base_url: str) -> None:
 def test_install_our_package(hapi_base_url: str) -> None:
     """The package the build writes (fhir/*.tgz, examples included) installs through
     $install-package on a server that does not hold it yet, and every resource reads back."""
-    from generators.config import PROJECT_ROOT
-    from generators.upload.compare import differences
+    from procfhir.config import PROJECT_ROOT
+    from procfhir.upload.compare import differences
 
     fhir_dir = PROJECT_ROOT / "fhir"
     tgz = next(fhir_dir.glob("*.tgz"))

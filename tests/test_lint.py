@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from generators.config import PROJECT_ROOT
+from procfhir.config import PROJECT_ROOT
 
 
 def test_ruff_check_is_clean() -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from generators.build import BuildResult, build
-from generators.builders.consent import consent_form_html, risk_sentences
-from generators.config import PROJECT_ROOT
+from procfhir.build import BuildResult, build
+from procfhir.builders.consent import consent_form_html, risk_sentences
+from procfhir.config import PROJECT_ROOT
 from tests.buildutil import copy_inputs, mapping_path, text_path
 
 pytestmark = pytest.mark.browser
@@ -307,7 +307,7 @@ def test_html_in_source_text_is_shown_as_text(chromium: str, tmp_path: Path) -> 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "generators.cli", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "procfhir.cli", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
         timeout=300, check=False,
     )  # fmt: skip
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from generators.upload import AuthError, SmartBackendAuth
+from procfhir.upload import AuthError, SmartBackendAuth
 from tests.cliutil import run_upload_cli
 from tests.smartserver import TokenServer, keypair
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import requests
 
-from generators.upload import RetryPolicy, SmartBackendAuth, Uploader, load_resources
-from generators.upload.compare import differences
+from procfhir.upload import RetryPolicy, SmartBackendAuth, Uploader, load_resources
+from procfhir.upload.compare import differences
 from tests.cliutil import run_upload_cli
 from tests.faultproxy import FaultProxy
 from tests.smartserver import TokenServer, keypair

@@ -11,9 +11,9 @@ from email.utils import format_datetime
 
 import pytest
 
-from generators.upload import RetryPolicy, UploadError, check_url_security, dependency_order, load_resources
-from generators.upload.compare import differences
-from generators.upload.retry import parse_retry_after
+from procfhir.upload import RetryPolicy, UploadError, check_url_security, dependency_order, load_resources
+from procfhir.upload.compare import differences
+from procfhir.upload.retry import parse_retry_after
 
 
 def test_retry_after_seconds_and_http_date() -> None:

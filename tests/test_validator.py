@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from generators import fhircache
+from procfhir import fhircache
 
 FIXTURES = Path(__file__).parent / "fixtures" / "invalid"
 EXPECTED: dict[str, list[dict[str, str]]] = json.loads((FIXTURES / "expected.json").read_text())
@@ -44,15 +44,15 @@ def core_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def profiles(core_cache: Path) -> list[dict[str, Any]]:
-    from generators.config import load_config
-    from generators.profiles import load_profiles
+    from procfhir.config import load_config
+    from procfhir.profiles import load_profiles
 
     return load_profiles(load_config())
 
 
 @pytest.fixture(scope="session")
 def validator(profiles: list[dict[str, Any]]):
-    from generators.validator import Validator
+    from procfhir.validator import Validator
 
     # a PlanDefinition of the package, so that a canonical to a missing one is known to be missing
     plan = {
@@ -113,7 +113,7 @@ def test_fixture_base_resources_are_valid(validator) -> None:
 
 
 def test_spec_examples_validate_against_core_without_false_errors(core_cache: Path) -> None:
-    from generators.validator import Validator
+    from procfhir.validator import Validator
 
     examples = fhircache.examples_dir()
     v = Validator()
@@ -129,7 +129,7 @@ def test_spec_examples_validate_against_core_without_false_errors(core_cache: Pa
 
 
 def test_output_operation_outcome_is_valid_fhir(validator) -> None:
-    from generators.validator import to_operation_outcome
+    from procfhir.validator import to_operation_outcome
 
     resource = json.loads((FIXTURES / "reference-malformed.json").read_text())
     outcome = to_operation_outcome(validator.validate(resource))
@@ -145,7 +145,7 @@ def _write(tmp: Path, name: str, data: bytes | str) -> str:
 
 
 def test_bad_input_is_an_outcome_not_a_traceback(core_cache: Path, tmp_path: Path) -> None:
-    from generators.validator.run import validate_paths
+    from procfhir.validator.run import validate_paths
 
     cases = {
         _write(tmp_path, "broken.json", '{"resourceType": "Patient", '): "not valid JSON",
@@ -172,7 +172,7 @@ def test_bad_input_is_an_outcome_not_a_traceback(core_cache: Path, tmp_path: Pat
 
 
 def test_cli_exit_codes_and_outcome_file(core_cache: Path, tmp_path: Path) -> None:
-    from generators.cli import main
+    from procfhir.cli import main
 
     runner = CliRunner()
     good = fhircache.examples_dir() / "Procedure-example.json"
@@ -191,7 +191,7 @@ def test_cli_exit_codes_and_outcome_file(core_cache: Path, tmp_path: Path) -> No
 
 
 def test_bundle_and_package_tarball_inputs(core_cache: Path, tmp_path: Path) -> None:
-    from generators.validator.run import validate_paths
+    from procfhir.validator.run import validate_paths
 
     a = json.loads((FIXTURES / "binding-required.json").read_text())
     b = json.loads((FIXTURES / "reference-malformed.json").read_text())
@@ -220,8 +220,8 @@ def test_bundle_and_package_tarball_inputs(core_cache: Path, tmp_path: Path) -> 
 
 
 def test_snapshots_are_generated_and_deterministic(profiles: list[dict[str, Any]]) -> None:
-    from generators.config import load_config
-    from generators.profiles import load_profiles
+    from procfhir.config import load_config
+    from procfhir.profiles import load_profiles
 
     again = load_profiles(load_config())
     assert json.dumps(again, sort_keys=True) == json.dumps(profiles, sort_keys=True)
@@ -248,8 +248,8 @@ def test_snapshots_are_generated_and_deterministic(profiles: list[dict[str, Any]
 
 def test_generated_package_validates_against_its_profiles(core_cache: Path) -> None:
     """Every resource the build generates conforms to the profile it declares (no errors)."""
-    from generators.build import build
-    from generators.validator import Validator
+    from procfhir.build import build
+    from procfhir.validator import Validator
 
     result = build(write=False, validate=False)
     resources = result.resources

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from generators import fhircache
+from procfhir import fhircache
 
 CORE_FILES = [
     "StructureDefinition-Patient.json",

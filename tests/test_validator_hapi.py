@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from generators.validator.hapi_compare import (
+from procfhir.validator.hapi_compare import (
     Agreement,
     agreement_table,
     hapi_errors,
@@ -54,7 +54,7 @@ pytestmark = pytest.mark.hapi
 
 @pytest.fixture(scope="module")
 def package() -> list[dict[str, Any]]:
-    from generators.build import build
+    from procfhir.build import build
 
     return build(write=False, validate=False).resources
 
@@ -67,7 +67,7 @@ def installed(hapi_base_url: str, package: list[dict[str, Any]]) -> requests.Ses
 
 
 def _ours(package: list[dict[str, Any]]):
-    from generators.validator import Validator
+    from procfhir.validator import Validator
 
     return Validator(extra_definitions=[r for r in package if "url" in r])
 

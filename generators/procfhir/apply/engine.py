@@ -1,0 +1,276 @@
+"""PlanDefinition ``$apply`` (FHIR R4 semantics), generic over the plan's actions.
+
+The plan is compiled once: every applicability condition and dynamicValue expression is parsed
+(fhirpathpy.compile), every ``definitionCanonical`` resolved to its ActivityDefinition, and every
+dynamicValue path checked against the target resource's model. Applying it to a patient walks the
+actions: an action applies when all its applicability conditions are true; in a group whose
+``selectionBehavior`` asks for a choice (exactly-one, at-most-one, one-or-more, any), the child
+chosen by the user (the context's technique) is taken; other groups take every applicable child.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from procfhir.apply.context import PatientContext, level_index, parse_context
+from procfhir.apply.errors import ApplyError, ConditionCheck, KnowledgeError, NotApplicable
+from procfhir.apply.expressions import Evaluator, Expression
+from procfhir.apply.knowledge import LEVELS_VALUE_SET, Knowledge, load_knowledge
+
+CHOICE_BEHAVIORS = frozenset({"exactly-one", "at-most-one", "one-or-more", "any"})
+
+
+@dataclass
+class DynamicValue:
+    path: str
+    steps: list[tuple[str, bool]]  # (element name, repeats) from the resource root
+    expression: Expression
+
+
+@dataclass
+class CompiledAction:
+    raw: dict[str, Any]
+    id: str
+    conditions: list[tuple[str, str, Expression]]
+    dynamic: list[DynamicValue]
+    activity: dict[str, Any] | None
+    activity_dynamic: list[DynamicValue]
+    children: list[CompiledAction] = field(default_factory=list)
+
+    @property
+    def is_choice(self) -> bool:
+        return self.raw.get("selectionBehavior") in CHOICE_BEHAVIORS and bool(self.children)
+
+
+@dataclass
+class Selected:
+    """An action the plan selects for the patient, with its evaluated dynamic values."""
+
+    action: CompiledAction
+    children: list[Selected]
+    values: list[tuple[DynamicValue, list[Any]]]
+
+
+@dataclass
+class Warning:
+    action: str
+    text: str
+    priority: str | None
+
+
+@dataclass
+class Outcome:
+    context: PatientContext
+    selected: list[Selected]
+    checks: list[ConditionCheck]
+    warnings: list[Warning]
+
+
+def _path_steps(resource_type: str, path: str, where: str) -> list[tuple[str, bool]]:
+    """Check a dynamicValue path against the FHIR model; say for each step whether it repeats."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        model = get_fhir_model_class(resource_type)
+    except Exception:  # unknown type
+        raise KnowledgeError(f"{where}: unknown resource type {resource_type}") from None
+    steps = []
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        fld = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        if fld is None:
+            raise KnowledgeError(
+                f"{where}: dynamicValue path {path!r}: {model.__name__} has no element {part!r}"
+            )
+        ann = str(fld.annotation)
+        steps.append((part, "List[" in ann))
+        if i < len(parts) - 1:
+            m = re.search(r"abc\.(\w+)Type", ann)
+            if not m:
+                raise KnowledgeError(f"{where}: dynamicValue path {path!r}: {part!r} has no elements")
+            model = get_fhir_model_class(m.group(1))
+    return steps
+
+
+def set_path(resource: dict[str, Any], dv: DynamicValue, values: list[Any]) -> None:
+    node = resource
+    for i, (name, repeats) in enumerate(dv.steps):
+        if i == len(dv.steps) - 1:
+            node[name] = list(values) if repeats else values[0]
+        elif repeats:
+            node = (node.setdefault(name, [{}]) or [{}])[0]
+        else:
+            node = node.setdefault(name, {})
+
+
+class Plan:
+    """A compiled PlanDefinition, ready to be applied to many patients."""
+
+    def __init__(self, knowledge: Knowledge, memo: bool = True, compiled: bool = True) -> None:
+        self.k = knowledge
+        self.plan = knowledge.plan
+        self.url = self.plan["url"] + (f"|{self.plan['version']}" if self.plan.get("version") else "")
+        self.canonical = self.plan["url"]
+        self.expressions: list[Expression] = []
+        self.actions = [
+            self._compile(a, f"PlanDefinition/{self.plan['id']}.action[{i}]")
+            for i, a in enumerate(self.plan.get("action", []))
+        ]
+        self.evaluator = Evaluator(memo=memo, compiled=compiled)
+        self.choices: dict[str, list[str]] = {}  # choice id -> ids of its ancestors (root first)
+        self._index_choices(self.actions, [])
+        if not self.choices:
+            raise KnowledgeError(f"PlanDefinition/{self.plan['id']}: no action offers a choice of technique")
+        self.techniques = list(self.choices)
+        self.levels_by_label = level_index(knowledge.value_set_codings(LEVELS_VALUE_SET))
+
+    # -- compilation -------------------------------------------------------------------------
+    def _expr(self, e: dict[str, Any], where: str) -> Expression:
+        if not isinstance(e, dict) or not e.get("expression"):
+            raise KnowledgeError(f"{where}: no expression")
+        x = Expression(e["expression"], e.get("language", "text/fhirpath"), where)
+        self.expressions.append(x)
+        return x
+
+    def _compile(self, a: dict[str, Any], where: str) -> CompiledAction:
+        aid = a.get("id") or where
+        conditions = []
+        for j, c in enumerate(a.get("condition", [])):
+            if c.get("kind") != "applicability":
+                continue  # start/stop conditions belong to the running of the plan, not to $apply
+            e = c.get("expression", {})
+            name = e.get("name") or f"{aid}-condition-{j}"
+            conditions.append(
+                (
+                    name,
+                    e.get("description") or e.get("expression", ""),
+                    self._expr(e, f"{where}.condition[{j}]"),
+                )
+            )
+        activity, activity_dynamic = None, []
+        target_type = "ServiceRequest"
+        if a.get("definitionCanonical"):
+            activity = self.k.activities.get(a["definitionCanonical"])
+            if activity is None:
+                raise KnowledgeError(
+                    f"{where}: definitionCanonical {a['definitionCanonical']} is not in the package"
+                )
+            if activity.get("kind") != "ServiceRequest":
+                raise KnowledgeError(
+                    f"{where}: ActivityDefinition kind {activity.get('kind')!r} is not supported"
+                )
+            for j, dv in enumerate(activity.get("dynamicValue", [])):
+                w = f"ActivityDefinition/{activity['id']}.dynamicValue[{j}]"
+                activity_dynamic.append(
+                    DynamicValue(
+                        dv["path"],
+                        _path_steps(target_type, dv["path"], w),
+                        self._expr(dv.get("expression"), w),
+                    )
+                )
+        elif a.get("definitionUri") or a.get("definitionCanonical") == "":
+            raise KnowledgeError(f"{where}: only definitionCanonical to an ActivityDefinition is supported")
+        dynamic = []
+        for j, dv in enumerate(a.get("dynamicValue", [])):
+            w = f"{where}.dynamicValue[{j}]"
+            dynamic.append(
+                DynamicValue(
+                    dv["path"], _path_steps(target_type, dv["path"], w), self._expr(dv.get("expression"), w)
+                )
+            )
+        children = [self._compile(c, f"{where}.action[{i}]") for i, c in enumerate(a.get("action", []))]
+        return CompiledAction(a, aid, conditions, dynamic, activity, activity_dynamic, children)
+
+    def _index_choices(self, actions: list[CompiledAction], ancestors: list[str]) -> None:
+        for a in actions:
+            if a.is_choice:
+                for c in a.children:
+                    self.choices[c.id] = [*ancestors, a.id, c.id]
+            self._index_choices(a.children, [*ancestors, a.id])
+
+    # -- applying ----------------------------------------------------------------------------
+    def parse(self, obj: Any) -> PatientContext:
+        return parse_context(obj, self.techniques, self.levels_by_label)
+
+    def environment(self, ctx: PatientContext) -> dict[str, Any]:
+        levels = [{"coding": [c], "text": lbl} for c, lbl in zip(ctx.levels, ctx.level_labels, strict=True)]
+        return {"patient": ctx.patient, "conditions": ctx.conditions, "levels": levels}
+
+    def evaluate(self, ctx: PatientContext) -> Outcome:
+        """Walk the plan for one patient; raise :class:`NotApplicable` when the choice is excluded."""
+        env = self.environment(ctx)
+        checks: list[ConditionCheck] = []
+        selected = [s for a in self.actions if (s := self._walk(a, env, ctx.technique, checks))]
+        path = self.choices[ctx.technique]
+        if not _reached(selected, path):
+            failed = [c for c in checks if not c.result and c.action in path]
+            raise NotApplicable(self.plan["id"], failed, checks)
+        warnings: list[Warning] = []
+        _collect_warnings(selected, warnings)
+        return Outcome(ctx, selected, checks, warnings)
+
+    def _walk(
+        self,
+        a: CompiledAction,
+        env: dict[str, Any],
+        choice: str,
+        checks: list[ConditionCheck],
+    ) -> Selected | None:
+        ok = True
+        for name, description, expr in a.conditions:
+            result = self.evaluator.evaluate(expr, env)
+            if result and not all(isinstance(r, bool) for r in result):
+                raise KnowledgeError(f"{expr.where}: the condition gave {result!r}, not a boolean")
+            value = result == [True]
+            checks.append(ConditionCheck(a.id, name, description, value))
+            ok = ok and value
+        if not ok:
+            return None
+        candidates = a.children
+        if a.is_choice:
+            candidates = [c for c in a.children if c.id == choice]
+            if not candidates and a.raw.get("selectionBehavior") in ("exactly-one", "one-or-more"):
+                ids = ", ".join(c.id for c in a.children)
+                raise ApplyError("technique", f"the plan's action {a.id} needs a choice among {ids}")
+        children = [s for c in candidates if (s := self._walk(c, env, choice, checks))]
+        if a.is_choice and candidates and not children:
+            return None  # the chosen option is excluded by its own conditions
+        values = []
+        for dv in [*a.activity_dynamic, *a.dynamic]:
+            result = self.evaluator.evaluate(dv.expression, env)
+            if result:
+                values.append((dv, result))
+        return Selected(a, children, values)
+
+
+def _reached(selected: list[Selected], path: list[str]) -> bool:
+    level = selected
+    for aid in path:
+        nxt = next((s for s in level if s.action.id == aid), None)
+        if nxt is None:
+            return False
+        level = nxt.children
+    return True
+
+
+def _collect_warnings(selected: list[Selected], out: list[Warning]) -> None:
+    for s in selected:
+        raw = s.action.raw
+        if s.action.conditions and raw.get("textEquivalent") and s.action.activity is None and not s.children:
+            out.append(Warning(s.action.id, raw["textEquivalent"], raw.get("priority")))
+        _collect_warnings(s.children, out)
+
+
+_PLAN_CACHE: dict[tuple[Any, ...], Plan] = {}
+
+
+def load_plan(
+    package_dir: Any = None, config: Any = None, plan_id: str | None = None, memo: bool = True
+) -> Plan:
+    """Load and compile the package's plan (cached per arguments within a process)."""
+    key = (str(package_dir), str(config), plan_id, memo)
+    if key not in _PLAN_CACHE:
+        _PLAN_CACHE[key] = Plan(load_knowledge(package_dir, config, plan_id), memo=memo)
+    return _PLAN_CACHE[key]

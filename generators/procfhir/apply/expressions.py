@@ -1,0 +1,135 @@
+"""FHIRPath expressions of a plan, compiled once and evaluated fast.
+
+An expression in the subset of :mod:`procfhir.apply.compiled` runs as Python closures; an
+input that closure hands back (and any other expression) runs in fhirpathpy with a bounded memo.
+fhirpathpy interprets an expression in about 0.3-0.7 ms; a batch evaluates the same few
+expressions for every patient. The memo key is the environment *projected* onto the element names the
+expression mentions (ids, dates, names the expression never reads are dropped), so patients
+with the same relevant facts (the same condition codes, the same number of levels...) share one
+evaluation. The projection is exact only for expressions that navigate by name; an expression
+using reflective functions (children, descendants...) or comparing two non-literal operands is
+never memoized (see :func:`memo_safe`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Any
+
+import fhirpathpy
+import orjson
+
+from procfhir.apply.compiled import Compiled, Unsupported, compile_fast
+from procfhir.apply.errors import KnowledgeError
+
+_STRING = re.compile(r"'(?:[^'\\]|\\.)*'")
+_BACKTICK = re.compile(r"`((?:[^`\\]|\\.)*)`")
+_VARIABLE = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_REFLECTIVE = re.compile(r"\b(children|descendants|repeat|trace|aggregate|resolve|extension|memberOf)\s*\(")
+# a comparison operator and the operand on each side
+_COMPARISON = re.compile(r"(!=|!~|<=|>=|=|~|<|>|\bin\b|\bcontains\b)")
+_LITERAL = re.compile(r"^\s*(''|-?\d+(\.\d+)?|true|false|@[0-9T:\-+.Z]+|\{\s*\})")
+_LITERAL_END = re.compile(r"(''|\d|true|false|\})\s*$")
+_LITERAL_UNION = re.compile(r"^\s*\((\s*(''|-?\d+(\.\d+)?)\s*\|?)+\)")
+
+
+def memo_safe(expression: str) -> bool:
+    """True when projecting the environment onto the names used cannot change the result."""
+    text = _STRING.sub("''", expression)
+    if "`" in text or _REFLECTIVE.search(text) or "$this" in text or "$index" in text:
+        return False
+    for m in _COMPARISON.finditer(text):
+        before, after = text[: m.start()], text[m.end() :]
+        if not (_LITERAL_END.search(before) or _LITERAL.match(after) or _LITERAL_UNION.match(after)):
+            return False
+    return True
+
+
+def names_used(expression: str) -> frozenset[str]:
+    text = _STRING.sub("''", expression)
+    return frozenset(_WORD.findall(text)) | {"resourceType"}
+
+
+def project(value: Any, names: frozenset[str]) -> Any:
+    """Keep only the object keys in ``names`` (and their ``_name`` primitive extensions), deeply."""
+    if isinstance(value, dict):
+        return {
+            k: project(v, names) for k, v in value.items() if k in names or (k[:1] == "_" and k[1:] in names)
+        }
+    if isinstance(value, list):
+        return [project(v, names) for v in value]
+    return value
+
+
+class Expression:
+    """A compiled FHIRPath expression evaluated on ``%``-variables only (no focus resource)."""
+
+    def __init__(self, expression: str, language: str = "text/fhirpath", where: str = "") -> None:
+        if language != "text/fhirpath":
+            raise KnowledgeError(
+                f"{where}: expression language {language!r} is not supported (text/fhirpath)"
+            )
+        try:
+            self._fn = fhirpathpy.compile(expression)
+        except Exception as exc:  # fhirpathpy raises various parser errors
+            raise KnowledgeError(f"{where}: the FHIRPath expression does not parse: {exc}") from None
+        self.text = expression
+        self.where = where
+        self.names = names_used(expression)
+        self.variables = sorted(set(_VARIABLE.findall(_STRING.sub("''", expression))))
+        self.memoizable = memo_safe(expression)
+        self.fast: Compiled | None
+        try:
+            self.fast = compile_fast(expression)
+        except Unsupported:
+            self.fast = None  # outside the compiled subset: always fhirpathpy
+
+    def evaluate(self, env: dict[str, Any]) -> list[Any]:
+        try:
+            return list(self._fn({}, env))
+        except Exception as exc:  # an expression failing on unusual input data
+            raise KnowledgeError(f"{self.where}: evaluating the expression failed: {exc}") from None
+
+
+class Evaluator:
+    """Evaluates a plan's expressions with a bounded (LRU) memo over projected environments.
+
+    The key of an expression is the environment restricted to the ``%``-variables it uses,
+    projected onto the element names it mentions: ``%levels.count()`` only sees how many levels.
+    """
+
+    def __init__(self, max_entries: int = 16384, memo: bool = True, compiled: bool = True) -> None:
+        self.max_entries = max_entries
+        self.memo = memo
+        self.use_compiled = compiled
+        self._cache: OrderedDict[tuple[str, bytes], list[Any]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.compiled = 0  # evaluations done by the compiled fast path
+        self.fallbacks = 0  # inputs the fast path handed back to fhirpathpy
+
+    def evaluate(self, expr: Expression, env: dict[str, Any]) -> list[Any]:
+        if expr.fast is not None and self.use_compiled:
+            try:
+                result = expr.fast(env)
+                self.compiled += 1
+                return result
+            except Unsupported:
+                self.fallbacks += 1
+        if not (self.memo and expr.memoizable):
+            return expr.evaluate(env)
+        projected = {v: project(env.get(v), expr.names) for v in expr.variables}
+        k = (expr.text, orjson.dumps(projected, option=orjson.OPT_SORT_KEYS))
+        hit = self._cache.get(k)
+        if hit is not None:
+            self._cache.move_to_end(k)
+            self.hits += 1
+            return hit
+        self.misses += 1
+        result = expr.evaluate(env)
+        self._cache[k] = result
+        if len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+        return result

@@ -1,0 +1,151 @@
+"""The whole build: configuration, mappings, resources, checks, package on disk.
+
+Python API::
+
+    from procfhir.build import build
+    result = build()                 # package.yaml next to the project, writes fhir/
+    result.resources, result.terminology, result.trace
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from procfhir.builders.consent import build_consent
+from procfhir.builders.plandefinition import build_activities, build_plan
+from procfhir.builders.procedure import build_patient, build_procedures
+from procfhir.builders.terminology import build_codesystem, build_value_sets
+from procfhir.config import PROJECT_ROOT, Config, load_config
+from procfhir.errors import BuildError
+from procfhir.mapping import Mapping, load_mapping
+from procfhir.packaging import (
+    dumps,
+    implementation_guide,
+    package_files,
+    sort_resources,
+    write_output,
+)
+from procfhir.terminology_report import report_markdown, terminology_report
+from procfhir.trace import build_trace
+
+DEFAULT_OUT = PROJECT_ROOT / "fhir"
+
+
+@dataclass
+class BuildResult:
+    config: Config
+    mappings: list[Mapping]
+    resources: list[dict[str, Any]]
+    terminology: dict[str, Any]
+    trace: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
+    validation: list[Any] = field(default_factory=list)
+    out_dir: Path | None = None
+
+
+def load_mappings(cfg: Config) -> list[Mapping]:
+    mappings, problems = [], []
+    for doc in cfg.documents:
+        try:
+            mappings.append(load_mapping(doc, cfg.local_system))
+        except BuildError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise BuildError("the mappings do not match their texts", problems)
+    keys = [m.key for m in mappings]
+    dupes = {k for k in keys if keys.count(k) > 1}
+    if dupes:
+        raise BuildError(f"{cfg.path}: document key(s) used twice: {', '.join(sorted(dupes))}")
+    return mappings
+
+
+def build_resources(cfg: Config, mappings: list[Mapping]) -> list[dict[str, Any]]:
+    resources: list[dict[str, Any]] = [build_codesystem(cfg, mappings)]
+    for m in mappings:
+        resources += build_value_sets(cfg, m)
+        resources += build_activities(cfg, m)
+        resources.append(build_plan(cfg, m))
+        resources.append(build_consent(cfg, m))
+        if m.data.get("examples"):
+            resources.append(build_patient(m))
+            resources += build_procedures(cfg, m)
+    resources += _profiles(cfg)
+    seen: dict[str, int] = {}
+    for r in resources:
+        ref = f"{r['resourceType']}/{r['id']}"
+        seen[ref] = seen.get(ref, 0) + 1
+    dupes = [ref for ref, n in seen.items() if n > 1]
+    if dupes:
+        # e.g. two documents whose mappings give the same patient or value set id
+        raise BuildError(f"resource ids generated twice: {', '.join(sorted(dupes))}")
+    resources = sort_resources(resources)
+    return sort_resources([implementation_guide(cfg, resources), *resources])
+
+
+def _profiles(cfg: Config) -> list[dict[str, Any]]:
+    from procfhir.profiles import load_profiles
+
+    return load_profiles(cfg)
+
+
+def validation_findings(resources: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """Every finding of the offline validator on ``resources``, errors included.
+
+    Each resource is validated with the whole package as context, so that canonical references
+    between the package's resources resolve.
+    """
+    from procfhir.validator import Validator
+
+    validator = Validator(extra_definitions=resources)
+    return [(f"{r['resourceType']}/{r['id']}", issue) for r in resources for issue in validator.validate(r)]
+
+
+def _validate(resources: list[dict[str, Any]]) -> list[Any]:
+    """Run the offline validator on every resource; errors stop the build."""
+    findings = validation_findings(resources)
+    errors = [
+        f"{ref}: {issue.location}: {issue.message}"
+        for ref, issue in findings
+        if issue.severity in ("error", "fatal")
+    ]
+    if errors:
+        raise BuildError("generated resources fail validation", errors)
+    return findings
+
+
+def build(
+    config: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    validate: bool = True,
+    write: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> BuildResult:
+    """Build the package; raise :class:`BuildError` (nothing written) on any problem."""
+    cfg = load_config(config)
+    mappings = load_mappings(cfg)
+    resources = build_resources(cfg, mappings)
+    terminology = terminology_report(cfg, mappings, resources)
+    trace = build_trace(cfg, mappings, resources)
+    result = BuildResult(cfg, mappings, resources, terminology, trace)
+    if validate:
+        result.validation = _validate(resources)
+    extra = {
+        "terminology-report.json": dumps(terminology).encode(),
+        "terminology-report.md": report_markdown(terminology).encode(),
+        "trace.json": dumps(trace).encode(),
+    }
+    from procfhir.review import render_review
+
+    extra["review.html"] = render_review(result, validated=validate).encode()
+    result.files = package_files(cfg, resources, extra)
+    if write:
+        target = Path(out_dir) if out_dir is not None else DEFAULT_OUT
+        write_output(target, result.files)
+        result.out_dir = target
+        if log:
+            log(f"wrote {len(result.files)} files to {target}")
+    return result

@@ -1,0 +1,111 @@
+"""``procfhir apply``: the plan applied to one patient context, or to an NDJSON batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from procfhir.apply.errors import ApplyError, KnowledgeError
+from procfhir.commands.options import config_option
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@click.command("apply")
+@click.argument("context", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--batch",
+    "batch",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="NDJSON file of contexts (one per line).",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    help="Batch: output folder (Bulk Data NDJSON). Single: output Bundle file (default stdout).",
+)
+@click.option(
+    "--package",
+    "package_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Take the plan from a built package folder (default: built in memory from package.yaml).",
+)
+@config_option
+@click.option("--workers", default=1, show_default=True, help="Batch: worker processes.")
+@click.option("--overwrite", is_flag=True, help="Batch: replace an existing, non-empty output folder.")
+def command(
+    context: Path | None,
+    batch: Path | None,
+    out: Path | None,
+    package_dir: Path | None,
+    config: Path | None,
+    workers: int,
+    overwrite: bool,
+) -> None:
+    """Apply the PlanDefinition to a patient CONTEXT (JSON object or collection Bundle), or to
+    every line of --batch; print or write CarePlan, RequestGroup, ServiceRequests, Consent and
+    Procedure."""
+    if (context is None) == (batch is None):
+        raise click.UsageError("give either a CONTEXT file or --batch FILE")
+    try:
+        if batch is not None:
+            if out is None:
+                raise click.UsageError("--batch needs --out DIR")
+            from procfhir.apply.batch import apply_batch
+
+            report = apply_batch(
+                batch, out, package_dir=package_dir, config=config, workers=workers, overwrite=overwrite
+            )
+            click.echo(
+                f"{report.applied} of {report.contexts} context(s) applied, {report.failed} failed, "
+                f"{report.warnings} warning(s); wrote {out}",
+                err=True,
+            )
+            if report.failed:
+                click.echo(f"failed contexts: {out / 'OperationOutcome.ndjson'}", err=True)
+                raise SystemExit(1)
+            return
+        assert context is not None
+        try:
+            obj = json.loads(context.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ApplyError("context", f"{context}: no such file") from None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ApplyError("context", f"{context}: not a JSON file: {exc}") from None
+        from procfhir.apply import Applier
+        from procfhir.apply.engine import load_plan
+
+        result = Applier(load_plan(package_dir, config)).apply(obj)
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r} for r in result.resources],
+        }
+        text = json.dumps(bundle, indent=2, ensure_ascii=False) + "\n"
+        for w in result.warnings:
+            click.echo(f"warning: {w}", err=True)
+        if out is None:
+            click.echo(text, nl=False)
+        else:
+            _write_atomic(out, text)
+            click.echo(f"wrote {len(result.resources)} resources to {out}", err=True)
+    except ApplyError as exc:
+        where = f"{context}: " if context is not None else ""
+        raise click.ClickException(f"{where}{exc}") from None
+    except KnowledgeError as exc:
+        raise click.ClickException(f"the package's plan cannot be applied: {exc}") from None

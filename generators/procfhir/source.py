@@ -1,0 +1,202 @@
+"""Stage 1: the source text, as it really is, parsed into sections, paragraphs and segments.
+
+A *segment* is the unit that the mapping must claim: a sentence, or a heading. Every segment has
+an id (``s1``, ``s2``, ... in document order) and character offsets into the text (0-based, end
+exclusive), so that every generated element can point back to the exact words it rests on.
+
+The parser copes with the text's known defects:
+
+- paragraphs that lost their heading (they simply start a section with no title);
+- a heading split over a paragraph break, whose last word(s) open the next paragraph in capitals
+  followed by a period ("Leakage of Cement into Veins and Pulmonary" / "EMBOLUS. The cement ...");
+  the capitalised fragment is joined to the heading, not taken for a sentence;
+- a sentence ending with a colon that introduces a list of the following paragraphs
+  ("These procedures have similar complications and include:").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from procfhir.errors import BuildError
+
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+# A sentence ends at . ! ? or : followed by white space and an upper-case letter or digit.
+_SENTENCE_END = re.compile(r"(?<=[.!?:])\s+(?=[A-Z0-9\"'(])")
+# The capitalised continuation of a split heading: "EMBOLUS." at the start of a paragraph.
+_HEADING_CONTINUATION = re.compile(r"^([A-Z][A-Z\- ]*[A-Z])\.\s+")
+_MAX_HEADING = 80
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+
+
+@dataclass
+class Segment:
+    id: str
+    kind: str  # "heading" or "sentence"
+    text: str
+    spans: tuple[Span, ...]  # a heading split over a paragraph break has two spans
+    section: int
+    paragraph: int
+    line: int  # 1-based line of the segment's first character
+    introduces_list: bool = False
+
+    @property
+    def start(self) -> int:
+        return self.spans[0].start
+
+    @property
+    def end(self) -> int:
+        return self.spans[-1].end
+
+
+@dataclass
+class Section:
+    index: int
+    heading: Segment | None
+    paragraphs: list[list[Segment]] = field(default_factory=list)
+    list_item_of: str | None = None  # id of the sentence that introduces the list it belongs to
+
+
+@dataclass
+class SourceDocument:
+    path: Path
+    text: str
+    title: Segment | None
+    sections: list[Section]
+    segments: list[Segment]
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    def segment(self, sid: str) -> Segment:
+        for seg in self.segments:
+            if seg.id == sid:
+                return seg
+        raise KeyError(sid)
+
+    def line_of(self, offset: int) -> int:
+        return self.text.count("\n", 0, offset) + 1
+
+    def segments_in(self, start: int, end: int) -> list[Segment]:
+        """The segments whose spans overlap the character range [start, end)."""
+        return [s for s in self.segments if any(sp.start < end and start < sp.end for sp in s.spans)]
+
+
+def _paragraphs(text: str) -> list[Span]:
+    spans: list[Span] = []
+    pos = 0
+    for m in _PARAGRAPH_BREAK.finditer(text):
+        spans.append(Span(pos, m.start()))
+        pos = m.end()
+    spans.append(Span(pos, len(text)))
+    out = []
+    for sp in spans:
+        chunk = text[sp.start : sp.end]
+        lead = len(chunk) - len(chunk.lstrip())
+        trail = len(chunk) - len(chunk.rstrip())
+        if chunk.strip():
+            out.append(Span(sp.start + lead, sp.end - trail))
+    return out
+
+
+def _is_heading(chunk: str) -> bool:
+    return (
+        "\n" not in chunk and len(chunk) <= _MAX_HEADING and chunk[-1] not in ".!?:;," and chunk[0].isupper()
+    )
+
+
+def _sentences(text: str, span: Span) -> list[Span]:
+    chunk = text[span.start : span.end]
+    out: list[Span] = []
+    pos = 0
+    for m in _SENTENCE_END.finditer(chunk):
+        out.append(Span(span.start + pos, span.start + m.start()))
+        pos = m.end()
+    out.append(Span(span.start + pos, span.end))
+    return [s for s in out if s.end > s.start]
+
+
+def parse_text(text: str, path: Path | str = "<text>") -> SourceDocument:
+    """Parse the text; the first paragraph, if heading-like, is the document's title."""
+    path = Path(path)
+    if not text.strip():
+        raise BuildError(f"{path}: the source text is empty")
+    segments: list[Segment] = []
+    sections: list[Section] = []
+    title: Segment | None = None
+    list_intro: str | None = None
+
+    def new_segment(kind: str, spans: tuple[Span, ...], section: int, paragraph: int) -> Segment:
+        seg_text = " ".join(text[s.start : s.end] for s in spans)
+        seg = Segment(
+            id=f"s{len(segments) + 1}",
+            kind=kind,
+            text=seg_text,
+            spans=spans,
+            section=section,
+            paragraph=paragraph,
+            line=text.count("\n", 0, spans[0].start) + 1,
+        )
+        segments.append(seg)
+        return seg
+
+    paragraphs = _paragraphs(text)
+    current: Section | None = None
+    pending_heading: Segment | None = None
+    for p_index, para in enumerate(paragraphs):
+        chunk = text[para.start : para.end]
+        if p_index == 0 and _is_heading(chunk):
+            title = new_segment("heading", (para,), 0, p_index)
+            continue
+        if _is_heading(chunk) and p_index + 1 < len(paragraphs):
+            current = Section(index=len(sections), heading=None, list_item_of=list_intro)
+            sections.append(current)
+            pending_heading = new_segment("heading", (para,), current.index, p_index)
+            current.heading = pending_heading
+            continue
+        body = para
+        cont = _HEADING_CONTINUATION.match(chunk)
+        if pending_heading is not None and cont:
+            # "EMBOLUS." finishes the heading of the previous paragraph.
+            pending_heading.spans = (
+                *pending_heading.spans,
+                Span(para.start, para.start + len(cont.group(1))),
+            )
+            pending_heading.text = pending_heading.text + " " + cont.group(1)
+            body = Span(para.start + cont.end(), para.end)
+        if pending_heading is None and (current is None or list_intro is not None):
+            # A paragraph with no heading of its own: within an announced list (the
+            # complications) it is an item of its own, else it continues the current section.
+            current = Section(index=len(sections), heading=None, list_item_of=list_intro)
+            sections.append(current)
+        assert current is not None
+        pending_heading = None
+        para_segments = [
+            new_segment("sentence", (s,), current.index, p_index) for s in _sentences(text, body)
+        ]
+        current.paragraphs.append(para_segments)
+        last = para_segments[-1]
+        if last.text.endswith(":"):
+            last.introduces_list = True
+            list_intro = last.id
+            current = None
+    return SourceDocument(path=path, text=text, title=title, sections=sections, segments=segments)
+
+
+def load_source(path: Path) -> SourceDocument:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BuildError(f"{path}: source text not found") from None
+    except UnicodeDecodeError as exc:
+        raise BuildError(f"{path}: source text is not UTF-8 ({exc})") from None
+    return parse_text(text, path)

@@ -1,0 +1,15 @@
+"""Offline FHIR R4 validator driven by the R4 StructureDefinitions (see ``engine.Validator``).
+
+Python API::
+
+    from procfhir.validator import Validator, to_operation_outcome
+    v = Validator(extra_definitions=[...])
+    issues = v.validate(resource, profile=None)
+    outcome = to_operation_outcome(issues)
+"""
+
+from procfhir.validator.definitions import DefinitionsError
+from procfhir.validator.engine import Validator
+from procfhir.validator.issues import Issue, has_errors, summary, to_operation_outcome
+
+__all__ = ["DefinitionsError", "Issue", "Validator", "has_errors", "summary", "to_operation_outcome"]

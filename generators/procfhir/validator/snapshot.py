@@ -1,0 +1,163 @@
+"""Snapshot generation: a differential StructureDefinition applied to its base's snapshot.
+
+Covers what constraint profiles use: narrowing cardinality, types, bindings, fixed/pattern values,
+added constraints, constraints on children of a data type (the type's elements are brought into
+the snapshot under the constrained element), and slices (with their children). Output order is
+the base's element order, each slice after its base element's children; deterministic.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from procfhir.validator.definitions import Definitions
+
+
+class SnapshotError(Exception):
+    """A differential that cannot be applied to its base."""
+
+
+_BASE_ONLY_EXTENSIONS = {
+    "http://hl7.org/fhir/StructureDefinition/structuredefinition-normative-version",
+    "http://hl7.org/fhir/StructureDefinition/structuredefinition-standards-status",
+}
+# Differential keys that are not copied onto the snapshot element.
+_SKIP = {"id", "path"}
+
+
+def _path_of(eid: str) -> str:
+    return ".".join(part.split(":", 1)[0] for part in eid.split("."))
+
+
+def _merge(target: dict[str, Any], diff: dict[str, Any]) -> None:
+    for key, value in diff.items():
+        if key in _SKIP:
+            continue
+        if key == "constraint":
+            have = {c.get("key") for c in target.get("constraint", [])}
+            target["constraint"] = target.get("constraint", []) + [
+                copy.deepcopy(c) for c in value if c.get("key") not in have
+            ]
+        elif key.startswith(("fixed", "pattern")):
+            for k in [k for k in target if k.startswith(("fixed", "pattern"))]:
+                del target[k]
+            target[key] = copy.deepcopy(value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def _retarget(elements: list[dict[str, Any]], old_prefix: str, new_id: str, new_path: str) -> list[dict]:
+    """Copy a type's snapshot elements (without root) under element new_id."""
+    out = []
+    for ed in elements[1:]:
+        ed = copy.deepcopy(ed)
+        eid = ed.get("id") or ed["path"]
+        rest = eid[len(old_prefix) :]
+        ed["id"] = new_id + rest
+        ed["path"] = new_path + _path_of(rest)
+        out.append(ed)
+    return out
+
+
+def generate_snapshot(sd: dict[str, Any], defs: Definitions) -> dict[str, Any]:
+    """Return a copy of ``sd`` with ``snapshot`` computed from ``differential`` and the base."""
+    url = sd.get("url", "?")
+    base_url = sd.get("baseDefinition")
+    if not base_url:
+        raise SnapshotError(f"{url}: no baseDefinition")
+    base = defs.sd(base_url)
+    if base is None:
+        raise SnapshotError(f"{url}: base definition {base_url} not found")
+    elements: list[dict[str, Any]] = copy.deepcopy(base.resource["snapshot"]["element"])
+    for ed in elements:  # the base's publication status and examples are not the profile's
+        ed.pop("example", None)
+        if "extension" in ed:
+            ed["extension"] = [e for e in ed["extension"] if e.get("url") not in _BASE_ONLY_EXTENSIONS]
+            if not ed["extension"]:
+                del ed["extension"]
+    index = {(e.get("id") or e["path"]): i for i, e in enumerate(elements)}
+
+    def reindex() -> None:
+        index.clear()
+        index.update({(e.get("id") or e["path"]): i for i, e in enumerate(elements)})
+
+    def end_of(eid: str, with_slices: bool) -> int:
+        """Index after the element eid, its descendants (and its slices when asked)."""
+        i = index[eid] + 1
+        while i < len(elements):
+            other = elements[i].get("id") or elements[i]["path"]
+            if other.startswith(eid + ".") or (with_slices and other.startswith(eid + ":")):
+                i += 1
+            else:
+                break
+        return i
+
+    def expand(eid: str) -> None:
+        """Bring the children of element eid's (single) type into the snapshot."""
+        ed = elements[index[eid]]
+        types = ed.get("type") or []
+        if len(types) != 1:
+            raise SnapshotError(f"{url}: cannot constrain children of {eid}: it has {len(types)} types")
+        t = types[0]
+        tsd = None
+        for prof in t.get("profile") or []:
+            tsd = defs.sd(prof)
+        if tsd is None:
+            tsd = defs.type_sd(t["code"])
+        if tsd is None:
+            raise SnapshotError(f"{url}: type {t['code']} of {eid} not found")
+        telems = tsd.resource["snapshot"]["element"]
+        root_id = telems[0].get("id") or telems[0]["path"]
+        new = _retarget(telems, root_id, eid, ed["path"])
+        pos = end_of(eid, with_slices=False)
+        elements[pos:pos] = new
+        reindex()
+
+    def ensure(eid: str) -> None:
+        if eid in index:
+            return
+        parent_id, _, last = eid.rpartition(".")
+        name, _, slice_name = last.partition(":")
+        if slice_name and "." not in slice_name:
+            base_id = f"{parent_id}.{name}" if parent_id else name
+            ensure(base_id)
+            new = copy.deepcopy(elements[index[base_id]])
+            new.pop("slicing", None)
+            new["id"] = eid
+            new["sliceName"] = slice_name
+            pos = end_of(base_id, with_slices=True)
+            elements.insert(pos, new)
+            reindex()
+            return
+        if not parent_id:
+            raise SnapshotError(f"{url}: element {eid} is not in the base")
+        ensure(parent_id)
+        if not any((e.get("id") or "").startswith(parent_id + ".") for e in elements):
+            expand(parent_id)
+        if eid not in index:
+            raise SnapshotError(f"{url}: element {eid} does not exist in {base_url}")
+
+    previous: str | None = None
+    for diff in (sd.get("differential") or {}).get("element") or []:
+        eid = diff.get("id") or diff.get("path")
+        if not eid:
+            raise SnapshotError(f"{url}: differential element without id/path")
+        if "sliceName" in diff and ":" not in eid.rsplit(".", 1)[-1]:
+            eid = f"{eid}:{diff['sliceName']}"
+        ensure(eid)
+        if previous is not None and index[eid] < index[previous]:
+            raise SnapshotError(
+                f"{url}: differential element {eid} comes before {previous} in the base: "
+                "differential elements must follow the base's element order"
+            )
+        previous = eid
+        _merge(elements[index[eid]], diff)
+    root_id = elements[0].get("id") or elements[0]["path"]
+    if sd.get("type") and root_id != sd["type"]:
+        raise SnapshotError(f"{url}: type {sd['type']} does not match base {root_id}")
+    out = copy.deepcopy(sd)
+    out["snapshot"] = {"element": json.loads(json.dumps(elements))}
+    return out

@@ -1,0 +1,184 @@
+"""Local terminology: CodeSystems with complete content, and ValueSet expansion from compose
+(enumerated concepts, whole local code systems, is-a filters on local hierarchies, imported value
+sets). Anything else (SNOMED CT or LOINC filters, code systems not available locally) is reported
+as *not expandable* with the reason, and codes against it are not judged."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from procfhir.validator.definitions import Definitions
+
+
+@dataclass
+class CodeSystemInfo:
+    url: str
+    complete: bool
+    codes: dict[str, str | None] = field(default_factory=dict)  # code -> display
+    children: dict[str, list[str]] = field(default_factory=dict)  # code -> child codes
+    case_sensitive: bool = True
+
+    def descendants(self, code: str, include_self: bool) -> set[str]:
+        out = {code} if include_self else set()
+        todo = list(self.children.get(code, []))
+        while todo:
+            c = todo.pop()
+            if c not in out:
+                out.add(c)
+                todo.extend(self.children.get(c, []))
+        return out
+
+
+# Code systems defined by a grammar rather than a list: checked by their syntax.
+GRAMMARS: dict[str, re.Pattern[str]] = {
+    "urn:ietf:bcp:13": re.compile(  # MIME types (RFC 6838), with optional parameters
+        r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"
+        r"(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=(\"[^\"]*\"|[^;\s]+))*"
+    ),
+    "urn:ietf:bcp:47": re.compile(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*"),  # language tags (syntax only)
+}
+
+
+@dataclass
+class Expansion:
+    url: str
+    codes: frozenset[tuple[str, str]] | None  # None: not expandable
+    reason: str = ""
+    grammar: dict[str, re.Pattern[str]] | None = None  # value sets of whole grammar-based systems
+
+    @property
+    def expandable(self) -> bool:
+        return self.codes is not None
+
+
+class _NotExpandable(Exception):
+    pass
+
+
+class Terminology:
+    def __init__(self, defs: Definitions) -> None:
+        self.defs = defs
+        self._cs: dict[str, CodeSystemInfo | None] = {}
+        self._vs: dict[str, Expansion] = {}
+
+    def code_system(self, system: str) -> CodeSystemInfo | None:
+        if system in self._cs:
+            return self._cs[system]
+        res = self.defs.resource(system)
+        info = None
+        if res is not None and res.get("resourceType") == "CodeSystem":
+            info = CodeSystemInfo(
+                system,
+                res.get("content") == "complete",
+                case_sensitive=res.get("caseSensitive", True) is not False,
+            )
+
+            def walk(concepts: list[dict[str, Any]], parent: str | None) -> None:
+                for c in concepts:
+                    code = c.get("code")
+                    if not isinstance(code, str):
+                        continue
+                    info.codes[code] = c.get("display")
+                    if parent is not None:
+                        info.children.setdefault(parent, []).append(code)
+                    for prop in c.get("property", []):
+                        if prop.get("code") in ("parent", "subsumedBy") and "valueCode" in prop:
+                            info.children.setdefault(prop["valueCode"], []).append(code)
+                    walk(c.get("concept", []), code)
+
+            walk(res.get("concept", []), None)
+        self._cs[system] = info
+        return info
+
+    def expand(self, url: str) -> Expansion:
+        url = url.split("|", 1)[0]
+        if url in self._vs:
+            return self._vs[url]
+        self._vs[url] = Expansion(url, None, "circular value set import")  # guard
+        try:
+            codes = self._expand(url)
+            exp = Expansion(url, frozenset(codes))
+        except _NotExpandable as exc:
+            exp = Expansion(url, None, str(exc), self._grammar(url))
+        self._vs[url] = exp
+        return exp
+
+    def _grammar(self, url: str) -> dict[str, re.Pattern[str]] | None:
+        """For a value set of whole grammar-based code systems (e.g. all MIME types): the syntax."""
+        vs = self.defs.resource(url)
+        compose = (vs or {}).get("compose") or {}
+        includes = compose.get("include") or []
+        if not includes or compose.get("exclude"):
+            return None
+        out = {}
+        for inc in includes:
+            system = inc.get("system")
+            if system not in GRAMMARS or inc.get("concept") or inc.get("filter") or inc.get("valueSet"):
+                return None
+            out[system] = GRAMMARS[system]
+        return out
+
+    def _expand(self, url: str) -> set[tuple[str, str]]:
+        vs = self.defs.resource(url)
+        if vs is None or vs.get("resourceType") != "ValueSet":
+            raise _NotExpandable(f"value set {url} is not available locally")
+        compose = vs.get("compose")
+        if not compose:
+            expansion = vs.get("expansion") or {}
+            if "contains" in expansion and "offset" not in expansion:
+                out: set[tuple[str, str]] = set()
+                todo = list(expansion["contains"])
+                while todo:
+                    c = todo.pop()
+                    if c.get("code") and c.get("system"):
+                        out.add((c["system"], c["code"]))
+                    todo.extend(c.get("contains", []))
+                return out
+            raise _NotExpandable(f"value set {url} has neither compose nor a complete expansion")
+        codes: set[tuple[str, str]] = set()
+        for inc in compose.get("include", []):
+            codes |= self._include(url, inc)
+        for exc in compose.get("exclude", []):
+            try:
+                codes -= self._include(url, exc)
+            except _NotExpandable as err:
+                raise _NotExpandable(f"exclude: {err}") from None
+        return codes
+
+    def _include(self, url: str, inc: dict[str, Any]) -> set[tuple[str, str]]:
+        system = inc.get("system")
+        result: set[tuple[str, str]] | None = None
+        if system:
+            if inc.get("concept"):
+                result = {(system, c["code"]) for c in inc["concept"] if "code" in c}
+            else:
+                cs = self.code_system(system)
+                if cs is None:
+                    raise _NotExpandable(f"code system {system} (included by {url}) is not available locally")
+                if not cs.complete:
+                    raise _NotExpandable(f"code system {system} is not complete locally")
+                if inc.get("filter"):
+                    allowed: set[str] | None = None
+                    for flt in inc["filter"]:
+                        op, prop, value = flt.get("op"), flt.get("property"), flt.get("value", "")
+                        if prop == "concept" and op in ("is-a", "descendent-of", "="):
+                            sel = {value} if op == "=" else cs.descendants(value, include_self=op == "is-a")
+                        else:
+                            raise _NotExpandable(
+                                f"filter {prop} {op} {value} on {system} cannot be evaluated locally"
+                            )
+                        allowed = sel if allowed is None else allowed & sel
+                    result = {(system, c) for c in (allowed or set()) if c in cs.codes}
+                else:
+                    result = {(system, c) for c in cs.codes}
+        for vs_url in inc.get("valueSet", []):
+            sub = self.expand(vs_url)
+            if sub.codes is None:
+                raise _NotExpandable(sub.reason)
+            result = set(sub.codes) if result is None else result & sub.codes
+        if result is None:
+            raise _NotExpandable(f"an include of {url} has neither system nor valueSet")
+        return result
