@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "hapi": "hapi",
     "apply": "apply",
     "review": "review",
+    "draft": "draft",
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from procfhir.draft import refuse_undecided
 from procfhir.errors import BuildError
 from procfhir.source import Segment, SourceDocument, load_source
 
@@ -250,6 +251,7 @@ def load_mapping(path: Path, local_system: str) -> Mapping:
     """Load, check and resolve one mapping file; raise :class:`BuildError` with every problem."""
     path = Path(path)
     data = _read_yaml(path)
+    refuse_undecided(path, data)
     problems = _schema_problems(path, data)
     if problems:
         raise BuildError(f"{path}: the mapping does not match its schema", problems)
