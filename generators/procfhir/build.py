@@ -55,6 +55,11 @@ def load_mappings(cfg: Config) -> list[Mapping]:
             problems.extend(exc.problems)
     if problems:
         raise BuildError("the mappings do not match their texts", problems)
+    from procfhir.agreement import agreement_problems
+
+    problems = [p for m in mappings for p in agreement_problems(m)]
+    if problems:
+        raise BuildError("mapping entries say what their quotes do not", problems)
     keys = [m.key for m in mappings]
     dupes = {k for k in keys if keys.count(k) > 1}
     if dupes:
@@ -128,6 +133,11 @@ def build(
     cfg = load_config(config)
     mappings = load_mappings(cfg)
     resources = build_resources(cfg, mappings)
+    from procfhir.offsets import provenance_problems
+
+    inexact = provenance_problems(resources, cfg.url("StructureDefinition", "source-text"))
+    if inexact:  # a defect of the generator, never of the input: say so plainly
+        raise BuildError("the package's provenance is not exact (a bug in the generator)", inexact)
     terminology = terminology_report(cfg, mappings, resources)
     trace = build_trace(cfg, mappings, resources)
     result = BuildResult(cfg, mappings, resources, terminology, trace)

@@ -23,7 +23,7 @@ import yaml
 
 from procfhir.draft import refuse_undecided
 from procfhir.errors import BuildError
-from procfhir.source import Segment, SourceDocument, load_source
+from procfhir.source import SourceDocument, load_source
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "mapping.schema.json"
 
@@ -100,7 +100,10 @@ class Code:
 
 @dataclass(frozen=True)
 class Trace:
-    """Where a statement came from: a quote of one segment of the source text."""
+    """Where a statement came from: a quote of one segment of the source text.
+
+    ``quote`` is ``source.text[start:end]``: the mapping's words exactly as the text has them.
+    """
 
     document: str
     sentence: str
@@ -163,37 +166,6 @@ def _schema_problems(path: Path, data: Any) -> list[str]:
     return problems
 
 
-def _locate(source: SourceDocument, quote: str) -> tuple[list[tuple[Segment, int]], int]:
-    """Segments containing the quote (with its index in the segment text) and total count."""
-    hits: list[tuple[Segment, int]] = []
-    total = 0
-    for seg in source.segments:
-        idx = seg.text.find(quote)
-        while idx != -1:
-            hits.append((seg, idx))
-            total += 1
-            idx = seg.text.find(quote, idx + 1)
-    exact = [(seg, 0) for seg, _ in hits if seg.text == quote]
-    if len(exact) == 1:  # a whole heading or sentence wins over its occurrences inside others
-        return exact, 1
-    return hits, total
-
-
-def _offsets(seg: Segment, idx: int, length: int) -> tuple[int, int]:
-    """Map an index into the segment's text (spans joined by one space) to text offsets."""
-
-    def to_offset(i: int, is_end: bool) -> int:
-        pos = 0
-        for span in seg.spans:
-            n = span.end - span.start
-            if i < pos + n or (is_end and i == pos + n):
-                return span.start + (i - pos)
-            pos += n + 1
-        return seg.spans[-1].end
-
-    return to_offset(idx, False), to_offset(idx + length, True)
-
-
 class _Resolver:
     def __init__(self, path: Path, source: SourceDocument, data: dict[str, Any]) -> None:
         self.path = path
@@ -212,22 +184,23 @@ class _Resolver:
             return
         out: list[Trace] = []
         for quote in entry.get("quotes", []):
-            hits, total = _locate(self.source, quote)
+            hits, total = self.source.find_quote(quote)
             if total == 0:
                 self.problems.append(
                     f"{self.where(quote)}: {label}: quote not found in {self.source.path}: {quote!r}"
                 )
                 continue
             if total > 1:
-                lines = ", ".join(f"{seg.id} (line {seg.line})" for seg, _ in hits)
+                lines = ", ".join(f"{seg.id} (line {seg.line})" for seg, _s, _e in hits)
                 self.problems.append(
                     f"{self.where(quote)}: {label}: quote is ambiguous, found {total} times "
                     f"({lines}); quote more words: {quote!r}"
                 )
                 continue
-            seg, idx = hits[0]
-            start, end = _offsets(seg, idx, len(quote))
-            out.append(Trace(self.data["document"]["key"], seg.id, str(quote), start, end))
+            seg, start, end = hits[0]
+            # the quote as the text has it (a paragraph break inside a split heading included),
+            # so that text[start:end] == quote for every consumer of the offsets
+            out.append(Trace(self.data["document"]["key"], seg.id, self.source.text[start:end], start, end))
             self.claims.setdefault(seg.id, []).append(label)
         self.traces[id(entry)] = out
 

@@ -46,7 +46,7 @@ _SELECTION = {
     "all-or-none": "all of these steps, or none",
 }
 _CONDITION_KIND = {"applicability": "Applies when", "start": "Starts when", "stop": "Stops when"}
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r]*\n")
 _SEVERITIES = ("fatal", "error", "warning", "information")
 
 _SCRIPT = (
@@ -271,7 +271,7 @@ def _trace_entries(doc: dict[str, Any], doc_index: int, reasons: dict[str, list[
             rows = []
             for el in seg["elements"]:
                 quote = ""
-                if el.get("quote") and el["quote"] != seg["text"]:
+                if el.get("quote") and " ".join(el["quote"].split()) != seg["text"]:
                     quote = f'<div class="quote">&ldquo;{_e(el["quote"])}&rdquo;</div>'
                 ref = el["resource"]
                 rows.append(

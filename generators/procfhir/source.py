@@ -12,6 +12,12 @@ The parser copes with the text's known defects:
   the capitalised fragment is joined to the heading, not taken for a sentence;
 - a sentence ending with a colon that introduces a list of the following paragraphs
   ("These procedures have similar complications and include:").
+
+Exact provenance: the text is the file as received, byte for byte (``raw``; Windows line ends and
+trailing spaces kept), decoded as UTF-8 without any newline translation, so that offsets index the
+embedded text itself and the hashes are of the bytes received. A segment's ``text`` is its
+wording with white space normalised (every run of white space, a line end or a paragraph break
+inside a split heading, is one space): what a reader signs off, and what quotes are matched against.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 
 from procfhir.errors import BuildError
 
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r]*\n")
 # A sentence ends at . ! ? or : followed by white space and an upper-case letter or digit.
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+(?=[A-Z0-9\"'(])")
 # The capitalised continuation of a split heading: "EMBOLUS." at the start of a paragraph.
@@ -72,10 +78,44 @@ class SourceDocument:
     title: Segment | None
     sections: list[Section]
     segments: list[Segment]
+    raw: bytes = b""  # the file as received; empty only for a text parsed from a string
+
+    def __post_init__(self) -> None:
+        if not self.raw:
+            self.raw = self.text.encode("utf-8")
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+        """SHA-256 (hex) of the bytes as received."""
+        return hashlib.sha256(self.raw).hexdigest()
+
+    @property
+    def sha1(self) -> bytes:
+        """SHA-1 of the bytes as received (what an R4 ``Attachment.hash`` carries)."""
+        return hashlib.sha1(self.raw).digest()  # noqa: S324 - R4 Attachment.hash is SHA-1
+
+    def find_quote(self, quote: str) -> tuple[list[tuple[Segment, int, int]], int]:
+        """Where a quote occurs: ``(segment, start, end)`` offsets into :attr:`text`, and the count.
+
+        The quote is matched word for word within one segment; a run of white space in the quote
+        matches any run of white space in the text (a line end, CRLF, a paragraph break inside a
+        split heading), so ``text[start:end]`` is the quoted words exactly as the text has them.
+        A quote that is a whole segment wins over its occurrences inside longer ones.
+        """
+        words = quote.split()
+        if not words:
+            return [], 0
+        pattern = re.compile(r"\s+".join(re.escape(w) for w in words))
+        hits: list[tuple[Segment, int, int]] = []
+        for seg in self.segments:
+            pos = seg.start
+            while (m := pattern.search(self.text, pos, seg.end)) is not None:
+                hits.append((seg, m.start(), m.end()))
+                pos = m.start() + 1
+        exact = [h for h in hits if h[0].text == " ".join(words) and (h[1], h[2]) == (h[0].start, h[0].end)]
+        if len(exact) == 1:
+            return exact, 1
+        return hits, len(hits)
 
     def segment(self, sid: str) -> Segment:
         for seg in self.segments:
@@ -101,7 +141,7 @@ def _paragraphs(text: str) -> list[Span]:
     out = []
     for sp in spans:
         chunk = text[sp.start : sp.end]
-        lead = len(chunk) - len(chunk.lstrip())
+        lead = len(chunk) - len(chunk.lstrip().lstrip("\ufeff").lstrip())  # a byte-order mark too
         trail = len(chunk) - len(chunk.rstrip())
         if chunk.strip():
             out.append(Span(sp.start + lead, sp.end - trail))
@@ -136,7 +176,7 @@ def parse_text(text: str, path: Path | str = "<text>") -> SourceDocument:
     list_intro: str | None = None
 
     def new_segment(kind: str, spans: tuple[Span, ...], section: int, paragraph: int) -> Segment:
-        seg_text = " ".join(text[s.start : s.end] for s in spans)
+        seg_text = " ".join(" ".join(text[s.start : s.end] for s in spans).split())
         seg = Segment(
             id=f"s{len(segments) + 1}",
             kind=kind,
@@ -171,7 +211,7 @@ def parse_text(text: str, path: Path | str = "<text>") -> SourceDocument:
                 *pending_heading.spans,
                 Span(para.start, para.start + len(cont.group(1))),
             )
-            pending_heading.text = pending_heading.text + " " + cont.group(1)
+            pending_heading.text = " ".join((pending_heading.text + " " + cont.group(1)).split())
             body = Span(para.start + cont.end(), para.end)
         if pending_heading is None and (current is None or list_intro is not None):
             # A paragraph with no heading of its own: within an announced list (the
@@ -193,10 +233,17 @@ def parse_text(text: str, path: Path | str = "<text>") -> SourceDocument:
 
 
 def load_source(path: Path) -> SourceDocument:
+    """Read the text as received: bytes kept, decoded as UTF-8 with no newline translation."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise BuildError(f"{path}: source text not found") from None
+    except OSError as exc:
+        raise BuildError(f"{path}: cannot read the source text: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BuildError(f"{path}: source text is not UTF-8 ({exc})") from None
-    return parse_text(text, path)
+    doc = parse_text(text, path)
+    doc.raw = raw
+    return doc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 from typing import Any
 
 from procfhir.builders.common import (
@@ -163,7 +162,7 @@ def _goal(cfg: Config, m: Mapping, goal: dict[str, Any]) -> dict[str, Any]:
 
 
 def source_artifact(cfg: Config, m: Mapping) -> dict[str, Any]:
-    raw = m.source.text.encode("utf-8")
+    raw = m.source.raw  # the file as received, byte for byte
     return {
         "extension": source_ext(cfg, m.traces(m.data["document"])),
         "type": "derived-from",
@@ -174,7 +173,7 @@ def source_artifact(cfg: Config, m: Mapping) -> dict[str, Any]:
             "contentType": "text/plain; charset=utf-8",
             "data": base64.b64encode(raw).decode("ascii"),
             "size": len(raw),
-            "hash": base64.b64encode(hashlib.sha1(raw).digest()).decode("ascii"),  # noqa: S324 - R4 Attachment.hash is SHA-1
+            "hash": base64.b64encode(m.source.sha1).decode("ascii"),  # R4 Attachment.hash is SHA-1
             "title": m.data["document"]["text"],
         },
     }
