@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "apply": "apply",
     "review": "review",
     "draft": "draft",
+    "terminology": "terminology",
 }
 
 
