@@ -354,7 +354,7 @@ def test_batch_of_1000_validates_and_reports_failures(tmp_path, validator):
     assert_valid(validator, resources)
     # a second run refuses to overwrite, with --overwrite gives identical files
     r = CliRunner().invoke(main, ["apply", "--batch", str(src), "--out", str(out)])
-    assert r.exit_code == 1 and "--overwrite" in r.output
+    assert r.exit_code == 2 and "--overwrite" in r.output
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     r = CliRunner().invoke(
         main, ["apply", "--batch", str(src), "--out", str(out), "--overwrite", "--workers", "2"]

@@ -28,6 +28,7 @@ from procfhir.packaging import (
     sort_resources,
     write_output,
 )
+from procfhir.safeout import check_folder
 from procfhir.terminology_report import report_markdown, terminology_report
 from procfhir.trace import build_trace
 
@@ -131,6 +132,8 @@ def build(
 ) -> BuildResult:
     """Build the package; raise :class:`BuildError` (nothing written) on any problem."""
     cfg = load_config(config)
+    if write:  # refuse an output folder we must not replace before any work
+        check_folder(Path(out_dir) if out_dir is not None else DEFAULT_OUT)
     mappings = load_mappings(cfg)
     resources = build_resources(cfg, mappings)
     from procfhir.offsets import provenance_problems

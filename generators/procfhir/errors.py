@@ -14,6 +14,6 @@ class BuildError(Exception):
         self.problems: list[str] = problems if problems is not None else [message]
 
     def __str__(self) -> str:
-        if len(self.problems) <= 1:
+        if not self.problems or self.problems == [super().__str__()]:
             return super().__str__()
         return super().__str__() + "\n" + "\n".join(f"  - {p}" for p in self.problems)

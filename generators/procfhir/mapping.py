@@ -24,6 +24,7 @@ import yaml
 from procfhir.draft import refuse_undecided
 from procfhir.errors import BuildError
 from procfhir.source import SourceDocument, load_source
+from procfhir.strictio import StrictInputError, read_yaml, strict_yaml_loader
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "mapping.schema.json"
 
@@ -140,14 +141,19 @@ class Mapping:
 
 
 def _read_yaml(path: Path) -> Any:
+    """Strictly (see :mod:`procfhir.strictio`: duplicate keys, aliases, NaN... are refused)."""
+    global _STRICT
+    if _STRICT is None:
+        _STRICT = strict_yaml_loader(_Loader)
+    if not path.exists() and not path.is_symlink():
+        raise BuildError(f"{path}: mapping file not found")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BuildError(f"{path}: mapping file not found") from None
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError as exc:
-        raise BuildError(f"{path}: not valid YAML: {exc}") from None
+        return read_yaml(path, loader=_STRICT)
+    except StrictInputError as exc:
+        raise BuildError(str(exc)) from None
+
+
+_STRICT: Any = None
 
 
 def _schema_problems(path: Path, data: Any) -> list[str]:

@@ -4,7 +4,8 @@
 Bundle of all of them), the FHIR NPM package ``{name}-{version}.tgz`` (``package/package.json``,
 ``package/.index.json``, examples under ``package/example/``), the terminology report and the
 trace of every source sentence. Output goes to a temporary sibling folder that replaces the old
-one only when complete, so a failed build never leaves half-written output.
+one only when complete, so a failed build never leaves half-written output; a folder the build did
+not make is never replaced (see :mod:`procfhir.safeout`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
-import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from procfhir.config import Config
+from procfhir.safeout import replace_folder
 
 EXAMPLE_TYPES = frozenset({"Patient", "Procedure"})
 # Upload and package order: what others depend on first.
@@ -169,25 +168,11 @@ def npm_package(cfg: Config, resources: list[dict[str, Any]]) -> bytes:
 
 
 def write_output(out_dir: Path, files: dict[str, bytes]) -> None:
-    """Replace ``out_dir`` by exactly ``files``, atomically (temp sibling, then rename)."""
-    out_dir = out_dir.resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        for name, data in sorted(files.items()):
-            target = tmp / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """Replace ``out_dir`` by exactly ``files``, atomically (temp sibling, then rename).
+
+    Only a missing or empty folder, or one an earlier build wrote (it holds our marker file), is
+    replaced; anything else raises :class:`procfhir.safeout.OutputRefused` and nothing is written."""
+    replace_folder(out_dir, files)
 
 
 def package_files(

@@ -234,16 +234,21 @@ def parse_text(text: str, path: Path | str = "<text>") -> SourceDocument:
 
 def load_source(path: Path) -> SourceDocument:
     """Read the text as received: bytes kept, decoded as UTF-8 with no newline translation."""
+    from procfhir.strictio import StrictInputError, read_bytes
+
+    if not path.exists() and not path.is_symlink():
+        raise BuildError(f"{path}: source text not found")
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise BuildError(f"{path}: source text not found") from None
-    except OSError as exc:
-        raise BuildError(f"{path}: cannot read the source text: {exc.strerror or exc}") from None
+        raw = read_bytes(path, max_bytes=16 * 1024 * 1024, what="source text")
+    except StrictInputError as exc:
+        raise BuildError(str(exc)) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BuildError(f"{path}: source text is not UTF-8 ({exc})") from None
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise BuildError(
+            f"{path}:{line}: source text is not UTF-8 (offset {exc.start}); save it as UTF-8"
+        ) from None
     doc = parse_text(text, path)
     doc.raw = raw
     return doc

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,6 +26,7 @@ from typing import IO, Any
 import orjson
 
 from procfhir.apply.errors import ApplyError, KnowledgeError, NotApplicable
+from procfhir.safeout import check_folder, staged_folder
 
 CHUNK = 256
 
@@ -162,39 +161,26 @@ def apply_batch(
     in_path, out_dir = Path(in_path), Path(out_dir)
     if not in_path.is_file():
         raise ApplyError("input", f"{in_path}: no such file")
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not overwrite)):
-        raise ApplyError(
-            "out", f"{out_dir} exists and is not an empty folder (use --overwrite to replace it)"
-        )
+    hint = "use --overwrite to replace it"
+    check_folder(out_dir, replace=overwrite, hint=hint)  # never over a folder we did not write
     args = (package_dir, config, memo)
     if args != _APPLIER_ARGS:
         _APPLIER_ARGS, _APPLIER = args, None
     _applier()  # load the plan before any output: a broken package fails here, nothing written
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    writer = _Writer(tmp)
-    try:
-        with open(in_path, "rb") as src:
-            if workers <= 1:
-                for chunk in _chunks(src, CHUNK):
-                    writer.write(apply_lines(chunk))
-            else:
-                _run_parallel(src, writer, workers, args)
-        writer.close()
+    with staged_folder(out_dir, replace=overwrite, hint=hint) as tmp:
+        writer = _Writer(tmp)
+        try:
+            with open(in_path, "rb") as src:
+                if workers <= 1:
+                    for chunk in _chunks(src, CHUNK):
+                        writer.write(apply_lines(chunk))
+                else:
+                    _run_parallel(src, writer, workers, args)
+        finally:
+            writer.close()
         (tmp / "summary.json").write_text(
             json.dumps(writer.report.as_dict(), indent=2) + "\n", encoding="utf-8"
         )
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        writer.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return writer.report
 
 

@@ -23,13 +23,14 @@ from procfhir.commands.options import config_option
 def command(config: Path | None, out_dir: Path | None, no_validate: bool) -> None:
     """Build the FHIR content package from the source texts and their mappings."""
     from procfhir.build import build
+    from procfhir.config import ConfigError
     from procfhir.errors import BuildError
 
     try:
         result = build(config, out_dir, validate=not no_validate)
     except BuildError as exc:
         click.echo(f"build failed: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
     counts: dict[str, int] = {}
     for r in result.resources:
         counts[r["resourceType"]] = counts.get(r["resourceType"], 0) + 1
