@@ -13,6 +13,17 @@ The parser copes with the text's known defects:
 - a sentence ending with a colon that introduces a list of the following paragraphs
   ("These procedures have similar complications and include:").
 
+It also reads what other patient-information texts do, with no knowledge of any one text:
+
+- a heading on its own line directly followed by its text, with no blank line in between
+  ("Headache" / "A headache that ..."): a short line with no closing punctuation, not ending in
+  a word such as "and" or "the", followed by a line that starts a sentence;
+- items of a bulleted or numbered list inside a paragraph ("- Bleeding", "2) Infection"): each
+  item is read on its own (its sentences never run into the next item), without its marker; the
+  sentence ending with a colon before them introduces that list;
+- lines wrapped inside a sentence (a segment's text has its white space normalised);
+- common abbreviations ("e.g.", "i.e.", "Dr.", an initial) do not end a sentence.
+
 Exact provenance: the text is the file as received, byte for byte (``raw``; Windows line ends and
 trailing spaces kept), decoded as UTF-8 without any newline translation, so that offsets index the
 embedded text itself and the hashes are of the bytes received. A segment's ``text`` is its
@@ -35,6 +46,15 @@ _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+(?=[A-Z0-9\"'(])")
 # The capitalised continuation of a split heading: "EMBOLUS." at the start of a paragraph.
 _HEADING_CONTINUATION = re.compile(r"^([A-Z][A-Z\- ]*[A-Z])\.\s+")
 _MAX_HEADING = 80
+# A heading line within a paragraph has at most this many words.
+_MAX_HEADING_WORDS = 8
+# A line ending with one of these words is a wrapped line of a sentence, never a heading.
+_CONTINUING = "a an and as at by for from in into of on or the to with without than that which who"
+_CONTINUING_WORDS = frozenset(_CONTINUING.split(" "))
+# The marker of a list item at the start of a line: - * • ‣ ◦ – or 1. 1) a. a)
+_BULLET = re.compile(r"(?:[-*\u2022\u2023\u25e6\u2013]|\d{1,2}[.)]|[a-z][.)])[ \t]+(?=\S)")
+# A period after one of these does not end a sentence.
+_ABBREVIATION = re.compile(r"(?:\b(?:e\.g|i\.e|Dr|Mr|Mrs|Ms|St|vs|approx|cf)|(?<![\w.])[A-Z])\.$")
 
 
 @dataclass(frozen=True)
@@ -154,11 +174,72 @@ def _is_heading(chunk: str) -> bool:
     )
 
 
+def _lines(text: str, span: Span) -> list[tuple[Span, bool]]:
+    """The non-blank lines of a span, stripped, each with whether it was indented."""
+    out: list[tuple[Span, bool]] = []
+    pos = span.start
+    while pos <= span.end:
+        nl = text.find("\n", pos, span.end)
+        end = span.end if nl == -1 else nl
+        line = text[pos:end]
+        stripped = line.strip()
+        if stripped:
+            lead = len(line) - len(line.lstrip())
+            out.append((Span(pos + lead, pos + lead + len(stripped)), lead > 0 and pos != span.start))
+        if nl == -1:
+            break
+        pos = nl + 1
+    return out
+
+
+def _heading_line(text: str, para: Span) -> list[Span] | None:
+    """A heading on the paragraph's first line, its text on the next: the two parts, else None."""
+    lines = _lines(text, para)
+    if len(lines) < 2:
+        return None
+    head, nxt = lines[0][0], lines[1][0]
+    words = text[head.start : head.end].split()
+    following = text[nxt.start : nxt.end]
+    if (
+        not _is_heading(text[head.start : head.end])
+        or len(words) > _MAX_HEADING_WORDS
+        or words[-1].lower() in _CONTINUING_WORDS
+        or _BULLET.match(text, head.start, head.end)
+        or not (following[0].isupper() or following[0].isdigit() or _BULLET.match(following))
+    ):
+        return None
+    return [head, Span(nxt.start, para.end)]
+
+
+def _blocks(text: str, span: Span) -> list[tuple[Span, bool]]:
+    """The span cut into prose and list items (``True``), an item without its marker.
+
+    A line that does not start with a marker continues the item above it when it is indented
+    or starts in lower case; otherwise it starts prose again.
+    """
+    lines = _lines(text, span)
+    if not any(_BULLET.match(text, ln.start, ln.end) for ln, _ in lines):
+        return [(span, False)]
+    blocks: list[tuple[Span, bool]] = []
+    for ln, indented in lines:
+        marker = _BULLET.match(text, ln.start, ln.end)
+        if marker:
+            blocks.append((Span(marker.end(), ln.end), True))
+            continue
+        if blocks and (not blocks[-1][1] or indented or text[ln.start].islower()):
+            blocks[-1] = (Span(blocks[-1][0].start, ln.end), blocks[-1][1])
+        else:
+            blocks.append((ln, False))
+    return blocks
+
+
 def _sentences(text: str, span: Span) -> list[Span]:
     chunk = text[span.start : span.end]
     out: list[Span] = []
     pos = 0
     for m in _SENTENCE_END.finditer(chunk):
+        if _ABBREVIATION.search(chunk, pos, m.start()):
+            continue  # "e.g. Aspirin", "Dr. Smith": not the end of a sentence
         out.append(Span(span.start + pos, span.start + m.start()))
         pos = m.end()
     out.append(Span(span.start + pos, span.end))
@@ -189,7 +270,9 @@ def parse_text(text: str, path: Path | str = "<text>") -> SourceDocument:
         segments.append(seg)
         return seg
 
-    paragraphs = _paragraphs(text)
+    paragraphs: list[Span] = []
+    for para in _paragraphs(text):
+        paragraphs.extend(_heading_line(text, para) or [para])
     current: Section | None = None
     pending_heading: Segment | None = None
     for p_index, para in enumerate(paragraphs):
@@ -220,9 +303,13 @@ def parse_text(text: str, path: Path | str = "<text>") -> SourceDocument:
             sections.append(current)
         assert current is not None
         pending_heading = None
-        para_segments = [
-            new_segment("sentence", (s,), current.index, p_index) for s in _sentences(text, body)
-        ]
+        para_segments: list[Segment] = []
+        for block, is_item in _blocks(text, body):
+            if is_item and para_segments and para_segments[-1].text.endswith(":"):
+                para_segments[-1].introduces_list = True  # "... include:" then "- Headache"
+            para_segments += [
+                new_segment("sentence", (s,), current.index, p_index) for s in _sentences(text, block)
+            ]
         current.paragraphs.append(para_segments)
         last = para_segments[-1]
         if last.text.endswith(":"):
