@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from procfhir.codesources import CodeTable, KnownCode, known_codes
+from procfhir.codesources import CodeTable, KnownCode, TerminologyCodes, known_codes, terminology_installed
 from procfhir.config import PROJECT_ROOT
 from procfhir.draft import KINDS, candidates, draft
 from procfhir.source import load_source
@@ -24,10 +25,18 @@ TEXTS = {
 }
 
 
+MAPPING = PROJECT_ROOT / "source" / "vertebroplasty-kyphoplasty.yaml"
+
+
 def procfhir(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "procfhir.cli", *args], capture_output=True, text=True, cwd=cwd, check=False
     )
+
+
+def draft_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``procfhir draft`` with the project's mapping as the only code source (fast)."""
+    return procfhir("draft", *args, "--codes", str(MAPPING))
 
 
 @pytest.mark.parametrize("name", sorted(TEXTS))
@@ -35,7 +44,7 @@ def test_draft_lists_every_segment_with_its_exact_words(name: str, tmp_path: Pat
     text = tmp_path / f"{name}.txt"
     shutil.copy(TEXTS[name], text)
     out = tmp_path / f"{name}.yaml"
-    run = procfhir("draft", str(text), "--out", str(out))
+    run = draft_cli(str(text), "--out", str(out))
     assert run.returncode == 0, run.stderr
     data = yaml.safe_load(out.read_text())
     source = load_source(text)
@@ -109,7 +118,7 @@ def test_build_refuses_a_draft_listing_every_undecided_entry(tmp_path: Path) -> 
     text = tmp_path / "lumbar-puncture.txt"
     shutil.copy(TEXTS["lumbar-puncture"], text)
     mapping = tmp_path / "lumbar-puncture.yaml"
-    assert procfhir("draft", str(text), "--out", str(mapping)).returncode == 0
+    assert draft_cli(str(text), "--out", str(mapping)).returncode == 0
     # A person decided one entry (s2): its markers are gone, so it is no longer listed.
     draft_text = mapping.read_text()
     decided = draft_text.replace("  - id: s2\n", "  - id: s2\n    decided_by: test\n", 1)
@@ -143,9 +152,27 @@ def test_build_refuses_a_draft_listing_every_undecided_entry(tmp_path: Path) -> 
 def test_draft_never_overwrites_without_force(tmp_path: Path) -> None:
     out = tmp_path / "mine.yaml"
     out.write_text("decisions: kept\n")
-    run = procfhir("draft", str(TEXTS["lumbar-puncture"]), "--out", str(out))
+    run = draft_cli(str(TEXTS["lumbar-puncture"]), "--out", str(out))
     assert run.returncode == 1 and "exists" in run.stderr and out.read_text() == "decisions: kept\n"
-    assert procfhir("draft", str(TEXTS["lumbar-puncture"]), "--out", str(out), "--force").returncode == 0
-    missing = procfhir("draft", str(tmp_path / "nope.txt"))
+    assert draft_cli(str(TEXTS["lumbar-puncture"]), "--out", str(out), "--force").returncode == 0
+    missing = draft_cli(str(tmp_path / "nope.txt"))
     assert missing.returncode == 1 and "source text not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_candidates_from_the_installed_terminology() -> None:
+    if not terminology_installed():
+        reason = "terminology content not installed: procfhir terminology fill"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    d = draft(TEXTS["lumbar-puncture"], known_codes([TerminologyCodes()]))
+    found = {e.segment.id: {(c.code.system, c.code.code) for c in e.candidates} for e in d.entries}
+    sct = "http://snomed.info/sct"
+    assert (sct, "277762005") in found["s5"]  # Lumbar puncture (procedure): "We perform lumbar punctures"
+    assert (sct, "25064002") in found["s14"]  # Headache (finding), the heading
+    assert (sct, "24700007") in found["s3"]  # Multiple sclerosis (disorder)
+    for entry in d.entries:  # never a qualifier value, a unit or a code of FHIR's own workings
+        for c in entry.candidates:
+            assert "(qualifier value)" not in c.code.display
+            assert not c.code.system.startswith(("http://unitsofmeasure.org", "http://terminology.hl7.org/"))

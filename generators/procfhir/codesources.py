@@ -8,9 +8,12 @@ confirmed. Two sources read what the project has today:
   ``../shared/reference/codes.md`` (a ``## Name (system URL)`` heading, then a table with a
   ``code`` column and a ``display`` or ``meaning`` column).
 
-Anything with a ``codes()`` method returning known codes is a source (:class:`CodeSource`), so a
-lookup over real terminology content plugs in the same way. Candidates are only suggestions: a
-person confirms each one in the mapping, with its source.
+- :class:`TerminologyCodes`: every code defined by the terminology content installed with
+  ``procfhir terminology fill`` (SNOMED CT Global Patient Set, ICD-10-CM/PCS, DICOM, LOINC and
+  HL7 code systems), cited by package, version and entry.
+
+Anything with a ``codes()`` method returning known codes is a source (:class:`CodeSource`).
+Candidates are only suggestions: a person confirms each one in the mapping, with its source.
 """
 
 from __future__ import annotations
@@ -125,6 +128,33 @@ class CodeTable:
                 yield KnownCode(system, code, display, where)
 
 
+@dataclass(frozen=True)
+class TerminologyCodes:
+    """The codes the installed terminology content defines (``procfhir terminology fill``)."""
+
+    root: Path | None = None
+
+    def codes(self) -> Iterator[KnownCode]:
+        from procfhir.terminology import TerminologyError, open_store
+
+        try:
+            store = open_store(self.root)
+        except TerminologyError as exc:
+            raise BuildError(f"terminology content: {exc}") from None
+        for c in store.definitions():
+            yield KnownCode(c.system, c.code, c.display, c.cite())
+
+
+def terminology_installed(root: Path | None = None) -> bool:
+    from procfhir.terminology import TerminologyError, open_store
+
+    try:
+        open_store(root)
+    except TerminologyError:
+        return False
+    return True
+
+
 def known_codes(sources: Iterable[CodeSource]) -> list[KnownCode]:
     """Every code of the sources, once per (system, code), first source first."""
     seen: dict[tuple[str, str], KnownCode] = {}
@@ -144,11 +174,14 @@ def source_for(path: Path) -> CodeSource:
 
 
 def default_sources(root: Path) -> list[CodeSource]:
-    """What the project knows: its mappings (``source/``, ``examples/*/``), then the shared
-    terminology note ``../shared/reference/codes.md`` beside the project, when it is there."""
+    """What the project knows: its mappings (``source/``, ``examples/*/``), the shared
+    terminology note ``../shared/reference/codes.md`` beside the project, and the installed
+    terminology content, each when it is there."""
     paths = sorted((root / "source").glob("*.yaml")) + sorted((root / "examples").glob("*/*.yaml"))
     sources: list[CodeSource] = [MappingCodes(p) for p in paths]
     note = root.parent / "shared" / "reference" / "codes.md"
     if note.is_file():
         sources.append(CodeTable(note))
+    if terminology_installed():
+        sources.append(TerminologyCodes())
     return sources

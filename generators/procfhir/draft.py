@@ -106,7 +106,33 @@ NUMBER = re.compile(
     r"patients?|minutes?|seconds?|degrees?|hours?))?\b",
     re.IGNORECASE,
 )
-_INFRASTRUCTURE = ("http://terminology.hl7.org/CodeSystem/",)
+# Code systems of FHIR's own workings and of units: never the code of a clinical statement.
+_INFRASTRUCTURE = (
+    "http://terminology.hl7.org/",
+    "http://hl7.org/fhir/",
+    "http://unitsofmeasure.org",
+    "http://dicom.nema.org/resources/ontology/DCM",
+    "http://healthit.gov/",
+    "urn:",
+)
+_SEMANTIC_TAG = re.compile(r"\s*\(([a-z /]+)\)\s*$")
+# SNOMED CT concepts of these kinds name a clinical thing; qualifiers, attributes, units... do not.
+_CLINICAL_TAGS = frozenset(
+    (
+        "procedure",
+        "disorder",
+        "finding",
+        "substance",
+        "physical object",
+        "body structure",
+        "regime/therapy",
+        "situation",
+        "observable entity",
+        "morphologic abnormality",
+        "product",
+        "event",
+    )
+)
 _WORD = re.compile(r"[a-z0-9]+")
 # Words too common to tell codes apart.
 _STOP_WORDS = (
@@ -153,19 +179,40 @@ def _stem(word: str) -> str:
     return word
 
 
+def _significant(display: str) -> tuple[str, ...]:
+    """The words of a display that must all occur in a sentence (a SNOMED semantic tag such as
+    "(procedure)" is not one of them)."""
+    display = _SEMANTIC_TAG.sub("", display)
+    return tuple(dict.fromkeys(w for w in _words(display) if not w.isdigit()))
+
+
+def match_codes(texts: list[str], codes: Iterable[KnownCode], limit: int = 6) -> list[tuple[Candidate, ...]]:
+    """For each text, the codes every significant word of whose display occurs in it: most words
+    first, then in the order the codes were given (the project's own before the rest)."""
+    words = [set(_words(t)) for t in texts]
+    index: dict[str, list[int]] = {}
+    for i, ws in enumerate(words):
+        for w in ws:
+            index.setdefault(w, []).append(i)
+    found: list[list[tuple[int, int, Candidate]]] = [[] for _ in texts]
+    for order, code in enumerate(codes):
+        if code.system.startswith(_INFRASTRUCTURE) and not code.system.startswith("http://hl7.org/fhir/sid/"):
+            continue  # codes of FHIR's own workings (consent scope, plan type), not of clinical words
+        tag = _SEMANTIC_TAG.search(code.display)
+        if tag and tag.group(1) not in _CLINICAL_TAGS:
+            continue  # "Rare (qualifier value)", "Site of (attribute)"
+        significant = _significant(code.display)
+        if not significant:
+            continue
+        for i in index.get(significant[0], ()):
+            if all(w in words[i] for w in significant[1:]):
+                found[i].append((-len(significant), order, Candidate(code, significant)))
+    return [tuple(c for *_, c in sorted(f, key=lambda x: (x[0], x[1]))[:limit]) for f in found]
+
+
 def candidates(text: str, codes: Iterable[KnownCode], limit: int = 6) -> tuple[Candidate, ...]:
     """Codes every significant word of whose display occurs in the text, most words first."""
-    words = set(_words(text))
-    found: list[Candidate] = []
-    for code in codes:
-        if code.system.startswith(_INFRASTRUCTURE):
-            continue  # codes of FHIR's own workings (consent scope, plan type), not of clinical words
-        display = _words(code.display)
-        significant = [w for w in display if not w.isdigit() and len(w) > 2]
-        if significant and all(w in words for w in significant):
-            found.append(Candidate(code, tuple(dict.fromkeys(significant))))
-    found.sort(key=lambda c: (-len(c.matched), c.code.system, c.code.code))
-    return tuple(found[:limit])
+    return match_codes([text], codes, limit)[0]
 
 
 def _suggest(seg: Segment, in_list_of: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -196,14 +243,14 @@ def _suggest(seg: Segment, in_list_of: str | None) -> tuple[tuple[str, ...], tup
 def draft(text_path: Path, codes: Iterable[KnownCode] = (), key: str | None = None) -> Draft:
     """The draft of a mapping for the text: every segment, with suggestions."""
     source = load_source(Path(text_path))
-    known = list(codes)
+    matches = match_codes([s.text for s in source.segments], codes)
     list_of = {}
     for section in source.sections:
         members = [s for p in section.paragraphs for s in p]
         for seg in ([section.heading] if section.heading else []) + members:
             list_of[seg.id] = section.list_item_of
     entries = []
-    for seg in source.segments:
+    for seg, found in zip(source.segments, matches, strict=True):
         in_list = None if seg is source.title else list_of.get(seg.id)
         kinds, why = _suggest(seg, in_list)
         entries.append(
@@ -214,7 +261,7 @@ def draft(text_path: Path, codes: Iterable[KnownCode] = (), key: str | None = No
                 why=why,
                 conditions=tuple(m.group(0).strip() for m in CONDITION.finditer(seg.text)),
                 numbers=tuple(m.group(0).strip() for m in NUMBER.finditer(seg.text)),
-                candidates=candidates(seg.text, known),
+                candidates=found,
             )
         )
     return Draft(source=source, key=key or _key(source.path), entries=tuple(entries))

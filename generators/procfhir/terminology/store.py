@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -110,6 +111,11 @@ class Store:
         out = [Concept(*r) for r in rows]
         out.sort(key=lambda c: (c.kind != "definition", SOURCES[c.source].priority, c.entry))
         return out
+
+    def definitions(self) -> Iterator[Concept]:
+        """Every row that defines a code (not a mapping), in no particular order."""
+        for r in self._con.execute(f"SELECT {_COLUMNS} FROM concepts WHERE kind = 'definition'"):
+            yield Concept(*r)
 
     def systems(self) -> set[str]:
         return {r[0] for r in self._con.execute("SELECT DISTINCT system FROM concepts")}
