@@ -364,6 +364,8 @@ def _rename_ids(data: dict[str, Any], prefix: str) -> None:
     data["consent"]["id"] = prefix + data["consent"]["id"]
     for vs in data["value_sets"]:
         vs["id"] = prefix + vs["id"]
+    if "body_sites" in plan:
+        plan["body_sites"]["value_set"] = prefix + plan["body_sites"]["value_set"]
     data["examples"]["patient"]["id"] = prefix + data["examples"]["patient"]["id"]
     for proc in data["examples"]["procedures"]:
         proc["id"] = prefix + proc["id"]
@@ -429,3 +431,25 @@ def test_every_resource_declares_its_profile(built: BuildResult) -> None:
         assert profiles, f"{res['resourceType']}/{res['id']} declares no profile"
         for url in profiles:
             assert url in known or url.startswith("http://hl7.org/fhir/StructureDefinition/"), url
+
+
+def test_a_local_code_defined_differently_by_two_documents_fails_naming_both(tmp_path: Path) -> None:
+    cfg = copy_inputs(tmp_path, extra_docs=["source/second.yaml"])
+    (tmp_path / "source" / "second.txt").write_text(text_path(tmp_path).read_text())
+    data = yaml.safe_load(mapping_path(tmp_path).read_text())
+    _rename_ids(data, "second-")
+    data["document"]["text"] = "second.txt"
+    data["local_codes"]["bone-cement"]["definition"] = "Cement of another kind."
+    second = tmp_path / "source" / "second.yaml"
+    second.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(BuildError) as err:
+        build(cfg, tmp_path / "out", validate=False, write=False)
+    (problem,) = err.value.problems
+    line = next(i for i, s in enumerate(second.read_text().splitlines(), 1) if s.startswith("  bone-cement:"))
+    first_line = next(
+        i
+        for i, s in enumerate(mapping_path(tmp_path).read_text().splitlines(), 1)
+        if s.startswith("  bone-cement:")
+    )
+    assert f"second.yaml:{line}: code 'bone-cement' is defined differently (definition)" in problem
+    assert problem.endswith(f"vertebroplasty-kyphoplasty.yaml:{first_line}")

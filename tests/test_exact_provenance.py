@@ -193,7 +193,7 @@ def test_entry_saying_90_percent_with_an_80_percent_quote_is_refused(tmp_path: P
 
 def test_limit_and_frequency_disagreements_are_refused(tmp_path: Path) -> None:
     cfg = copy_inputs(tmp_path)
-    _edit(mapping_path(tmp_path), "max_levels: 2", "max_levels: 3")
+    _edit(mapping_path(tmp_path), "maximum: 2", "maximum: 3")
     _edit(
         mapping_path(tmp_path),
         "{code: frequency-rare, text: rarely occurs}",
@@ -208,7 +208,7 @@ def test_limit_and_frequency_disagreements_are_refused(tmp_path: Path) -> None:
     with pytest.raises(BuildError) as err:
         build(cfg, tmp_path / "out", validate=False, write=False)
     text = "\n".join(err.value.problems)
-    assert "limits lung-disease-level-limit: max_levels is 3" in text
+    assert "limits lung-disease-level-limit: maximum is 3" in text
     assert "limits lung-disease-level-limit: text says '3' (number)" in text
     assert "risks new-fracture: frequency code 'frequency-common'" in text
     assert "risks new-fracture: management says 'Never' (frequency)" in text

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from procfhir.build import BuildResult, build
-from procfhir.builders.consent import consent_form_html, risk_sentences
+from procfhir.builders.consent import consent_form_html
 from procfhir.config import PROJECT_ROOT
 from tests.buildutil import copy_inputs, mapping_path, text_path
 
@@ -189,33 +189,33 @@ def test_review_page_in_chromium(built: BuildResult, chromium: str, tmp_path: Pa
     choice = plan.one("div", "choice", data_selection="exactly-one")
     assert "exactly one" in choice.one("div", "choice-label").text().lower()
     alternatives = choice.one("div", "alternatives").kids("action")
-    techniques = m.data["plan"]["techniques"]
-    assert [title(a) for a in alternatives] == [t["title"] for t in techniques]
+    techniques = m.plan.techniques
+    assert [title(a) for a in alternatives] == [t.title for t in techniques]
     assert [n.text() for n in choice.all("div", "or")] == ["or"] * (len(techniques) - 1)
     for alt, tech in zip(alternatives, techniques, strict=True):
         steps = alt.one("ol", "steps").kids("step")
-        assert [title(s) for s in steps] == [s["title"] for s in tech["steps"]]
+        assert [title(s) for s in steps] == [s.title for s in tech.steps]
     indications = plan.one("div", "indications").text()
-    for ind in m.data["plan"]["indications"]:
-        assert ind["text"] in indications
-    for lim in m.data["plan"]["limits"]:
-        limit = [a for a in plan.all("div", "action") if title(a) == lim["title"]]
+    for ind in m.plan.indications:
+        assert ind.text in indications
+    for lim in m.plan.limits:
+        limit = [a for a in plan.all("div", "action") if title(a) == lim.title]
         assert len(limit) == 1 and "urgent" in limit[0].attrs["class"]
-        assert lim["warning"] in limit[0].text()
+        assert lim.warning and lim.warning in limit[0].text()
     conditions = [norm(c.text()) for c in plan.all("div", "cond")]
-    assert any(lim["text"] in c for lim in m.data["plan"]["limits"] for c in conditions)
+    assert any(lim.text in c for lim in m.plan.limits for c in conditions)
     goals = plan.one("div", "goals").text()
-    for goal in m.data["plan"]["goals"]:
-        assert goal["text"] in goals
+    for goal in m.plan.goals:
+        assert goal.text in goals
 
     # the consent form exactly as the patient reads it, every risk in it
     form = doc.by_id("consent").one("article", "consent-form")
     expected = parse(consent_form_html(m)).one("body")
     assert norm(form.text()) == norm(expected.text())
     risks = form.all("li", "risk")
-    assert [r.one("h3").text() for r in risks] == [r["title"] for r in m.data["consent"]["risks"]]
-    for shown_risk, risk in zip(risks, m.data["consent"]["risks"], strict=True):
-        assert norm(risk_sentences(m, risk)) in norm(shown_risk.text())
+    assert [r.one("h3").text() for r in risks] == [r.title for r in m.consent.risks]
+    for shown_risk, risk in zip(risks, m.consent.risks, strict=True):
+        assert norm(risk.wording) in norm(shown_risk.text())
 
     # every code with its system, display and source; local codes awaiting review stand out
     terminology = doc.by_id("terminology")

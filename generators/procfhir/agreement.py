@@ -6,28 +6,38 @@ Every mapping entry that rests on quotes (``quotes: [...]``) also has words of i
 them must be the text's: every number ("2", "two", "90%", "1 in 100"), frequency word ("rare",
 "occurs frequently", "extremely rare", "typically") and negation ("no", "not", "without") in an
 entry's own words must also occur in its quotes; so must an entry's numeric fields
-(``max_levels``, ``preferred_levels``, ``needles_per_level``), and a risk's frequency code must
-say what its frequency words say. Numbers that are the codes the entry carries (a CPT code
+(a limit's ``maximum``, ``preferred`` and ``period``, a step's ``quantity_per_site``, a risk's
+``numerator`` in ``denominator``), and a risk's frequency code must say what its frequency words
+say. Numbers that are the codes the entry carries (a CPT code
 named in an activity's text) are the terminology's, not the text's, and are not asked for.
 
 Python API::
 
     from procfhir.agreement import agreement_problems
-    problems = agreement_problems(mapping)   # [] when every entry agrees with its quotes
+    problems = agreement_problems(path, data, codes)   # [] when every entry agrees with its quotes
+
+Run by :func:`procfhir.mapping.load_mapping` on the mapping's YAML (the one module that reads it).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from procfhir.mapping import Mapping
+from procfhir.model import Code
 
 # The entry fields that are the entry's own words (the document's ``text`` is a file name).
 _WORD_FIELDS = ("title", "text", "outcome", "management", "warning", "display", "definition")
-_NUMBER_FIELDS = ("max_levels", "preferred_levels", "needles_per_level")
+# numeric fields, as (field, sub-field or None)
+_NUMBER_FIELDS = (
+    ("maximum", None),
+    ("preferred", None),
+    ("period", "value"),
+    ("quantity_per_site", "value"),
+)
 
 _NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
@@ -134,18 +144,18 @@ def _label(where: str) -> str:
     return where.replace("plan/", "").replace("consent/", "").replace("/", " ")
 
 
-def agreement_problems(m: Mapping) -> list[str]:
+def agreement_problems(path: Path, data: dict[str, Any], codes: Mapping[str, Code]) -> list[str]:
     """Every difference between an entry's own words and its quotes, naming file, line, entry."""
     problems: list[str] = []
     seen: set[int] = set()
-    code_numbers = {c.code for c in m.codes.values()}
-    for where, entry in _entries(m.data, ""):
+    code_numbers = {c.code for c in codes.values()}
+    for where, entry in _entries(data, ""):
         if id(entry) in seen or where == "document":
             continue
         seen.add(id(entry))
         quotes = [str(q) for q in entry["quotes"]]
         said = {c.key() for q in quotes for c in claims(q)}
-        own_codes = {m.codes[k].code for k in entry.get("codes", []) if isinstance(k, str) and k in m.codes}
+        own_codes = {codes[k].code for k in entry.get("codes", []) if isinstance(k, str) and k in codes}
         label = _label(where)
         fields: list[tuple[str, Any]] = [(f, entry[f]) for f in _WORD_FIELDS if isinstance(entry.get(f), str)]
         freq = entry.get("frequency")
@@ -162,24 +172,33 @@ def agreement_problems(m: Mapping) -> list[str]:
             if missing:
                 stated = ", ".join(f"{c.words!r} ({c.kind})" for c in missing)
                 problems.append(
-                    f"{m.path}:{getattr(value, 'line', 0) or getattr(entry, 'line', 0)}: {label}: "
+                    f"{path}:{getattr(value, 'line', 0) or getattr(entry, 'line', 0)}: {label}: "
                     f"{name} says {stated}, which its quotes do not say: {value!r}; quotes: {quotes!r}. "
                     "Correct the entry's words, or quote the sentence that says it."
                 )
-        for name in _NUMBER_FIELDS:
+        for name, sub in _NUMBER_FIELDS:
             value = entry.get(name)
+            if sub is not None and isinstance(value, dict):
+                value = value.get(sub)
             if isinstance(value, int) and ("number", str(value)) not in said:
                 problems.append(
-                    f"{m.path}:{getattr(entry, 'line', 0)}: {label}: {name} is {value}, a number its quotes "
+                    f"{path}:{getattr(entry, 'line', 0)}: {label}: {name} is {value}, a number its quotes "
                     f"do not say; quotes: {quotes!r}"
                 )
-        if isinstance(freq, dict) and isinstance(freq.get("code"), str) and freq["code"] in m.codes:
-            code = m.codes[freq["code"]]
+        if isinstance(freq, dict) and isinstance(freq.get("numerator"), int):
+            ratio = f"{freq['numerator']} in {freq.get('denominator')}"
+            if ("ratio", ratio) not in said:
+                problems.append(
+                    f"{path}:{getattr(freq, 'line', 0)}: {label}: frequency is {ratio}, which its quotes "
+                    f"do not say; quotes: {quotes!r}"
+                )
+        if isinstance(freq, dict) and isinstance(freq.get("code"), str) and freq["code"] in codes:
+            code = codes[freq["code"]]
             by_code = {c.key() for c in claims(code.display) if c.kind == "frequency"}
             by_words = {c.key() for c in claims(str(freq["text"])) if c.kind == "frequency"}
             if by_code and by_code != by_words:
                 problems.append(
-                    f"{m.path}:{getattr(freq, 'line', 0)}: {label}: frequency code {code.code!r} "
+                    f"{path}:{getattr(freq, 'line', 0)}: {label}: frequency code {code.code!r} "
                     f"({code.display!r}) does not say what the frequency words {freq['text']!r} say"
                 )
     return problems

@@ -20,7 +20,8 @@ from procfhir.builders.procedure import build_patient, build_procedures
 from procfhir.builders.terminology import build_codesystem, build_value_sets
 from procfhir.config import PROJECT_ROOT, Config, load_config
 from procfhir.errors import BuildError
-from procfhir.mapping import Mapping, load_mapping
+from procfhir.mapping import check_shared_codes, load_mapping
+from procfhir.model import Document
 from procfhir.packaging import (
     dumps,
     implementation_guide,
@@ -38,7 +39,7 @@ DEFAULT_OUT = PROJECT_ROOT / "fhir"
 @dataclass
 class BuildResult:
     config: Config
-    mappings: list[Mapping]
+    mappings: list[Document]
     resources: list[dict[str, Any]]
     terminology: dict[str, Any]
     trace: dict[str, Any]
@@ -47,8 +48,9 @@ class BuildResult:
     out_dir: Path | None = None
 
 
-def load_mappings(cfg: Config) -> list[Mapping]:
-    mappings, problems = [], []
+def load_mappings(cfg: Config) -> list[Document]:
+    mappings: list[Document] = []
+    problems: list[str] = []
     for doc in cfg.documents:
         try:
             mappings.append(load_mapping(doc, cfg.local_system))
@@ -56,27 +58,23 @@ def load_mappings(cfg: Config) -> list[Mapping]:
             problems.extend(exc.problems)
     if problems:
         raise BuildError("the mappings do not match their texts", problems)
-    from procfhir.agreement import agreement_problems
-
-    problems = [p for m in mappings for p in agreement_problems(m)]
-    if problems:
-        raise BuildError("mapping entries say what their quotes do not", problems)
     keys = [m.key for m in mappings]
     dupes = {k for k in keys if keys.count(k) > 1}
     if dupes:
         raise BuildError(f"{cfg.path}: document key(s) used twice: {', '.join(sorted(dupes))}")
+    check_shared_codes(mappings)
     return mappings
 
 
-def build_resources(cfg: Config, mappings: list[Mapping]) -> list[dict[str, Any]]:
+def build_resources(cfg: Config, mappings: list[Document]) -> list[dict[str, Any]]:
     resources: list[dict[str, Any]] = [build_codesystem(cfg, mappings)]
     for m in mappings:
         resources += build_value_sets(cfg, m)
         resources += build_activities(cfg, m)
         resources.append(build_plan(cfg, m))
         resources.append(build_consent(cfg, m))
-        if m.data.get("examples"):
-            resources.append(build_patient(m))
+        if m.examples is not None:
+            resources.append(build_patient(m.examples))
             resources += build_procedures(cfg, m)
     resources += _profiles(cfg)
     seen: dict[str, int] = {}

@@ -57,7 +57,7 @@ def render(node: Node) -> str:
     return f"<{tag}{attr_text}>{inner}</{tag}>"
 
 
-def narrative(*children: Node) -> dict[str, str]:
+def narrative(*children: Node | None) -> dict[str, str]:
     """A ``Resource.text`` with status generated."""
     body = "".join(render(c) for c in children if c is not None)
     return {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{body}</div>'}

@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from html import escape
 from typing import Any
 
+from procfhir.model import Document
+
 # Where an element went, by resource type; the first category found colours a sentence.
 _CATEGORIES = (
     ("plan", "plan / activity", ("PlanDefinition", "ActivityDefinition")),
@@ -182,16 +184,13 @@ def _seg_key(doc_index: int, seg_id: str) -> str:
     return _slug(seg_id if doc_index == 0 else f"d{doc_index + 1}-{seg_id}")
 
 
-def _non_clinical_reasons(mapping: Any) -> dict[str, list[str]]:
+def _non_clinical_reasons(mapping: Document | None) -> dict[str, list[str]]:
     reasons: dict[str, list[str]] = {}
     if mapping is None:
         return reasons
-    for nc in mapping.data.get("non_clinical", []) or []:
-        entry = nc.get("_entry")
-        if entry is None:
-            continue
-        for t in mapping.traces(entry):
-            reasons.setdefault(t.sentence, []).append(str(nc.get("reason", "")))
+    for nc in mapping.non_clinical:
+        if nc.quote is not None:
+            reasons.setdefault(nc.quote.sentence, []).append(nc.reason)
     return reasons
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from procfhir.config import Config
 from procfhir.errors import BuildError
-from procfhir.mapping import Code, Mapping
+from procfhir.model import Code, Document
 
 # Codes that come from the configuration rather than from a mapping.
 _CONFIG_SOURCES = {"urn:iso:std:iso:3166": "ISO 3166-1 country code (package.yaml jurisdiction)"}
@@ -26,14 +26,14 @@ def iter_codings(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def terminology_report(
-    cfg: Config, mappings: list[Mapping], resources: list[dict[str, Any]]
+    cfg: Config, mappings: list[Document], resources: list[dict[str, Any]]
 ) -> dict[str, Any]:
     known: dict[tuple[str, str], Code] = {}
     for m in mappings:
         for c in m.codes.values():
             known.setdefault((c.system, c.code), c)
     used: dict[tuple[str, str], dict[str, Any]] = {}
-    problems = []
+    problems: list[str] = []
     for res in resources:
         if res["resourceType"] in ("StructureDefinition", "ImplementationGuide"):
             continue

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from procfhir.config import Config
-from procfhir.mapping import Mapping
+from procfhir.model import Document
 
 
 def _summary(element: Any) -> str:
@@ -52,7 +52,7 @@ def _walk(
                 yield from _walk(value, child, url, node)
 
 
-def build_trace(cfg: Config, mappings: list[Mapping], resources: list[dict[str, Any]]) -> dict[str, Any]:
+def build_trace(cfg: Config, mappings: list[Document], resources: list[dict[str, Any]]) -> dict[str, Any]:
     url = cfg.url("StructureDefinition", "source-text")
     elements: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for res in resources:
@@ -68,7 +68,7 @@ def build_trace(cfg: Config, mappings: list[Mapping], resources: list[dict[str, 
             )
     documents = []
     for m in mappings:
-        non_clinical = {t.sentence for nc in m.data.get("non_clinical", []) for t in m.traces(nc["_entry"])}
+        non_clinical = {nc.quote.sentence for nc in m.non_clinical if nc.quote is not None}
         segs = []
         for s in m.source.segments:
             segs.append(
@@ -85,7 +85,5 @@ def build_trace(cfg: Config, mappings: list[Mapping], resources: list[dict[str, 
                     "elements": elements.get((m.key, s.id), []),
                 }
             )
-        documents.append(
-            {"key": m.key, "title": m.data["document"]["title"], "text": m.source.text, "segments": segs}
-        )
+        documents.append({"key": m.key, "title": m.title, "text": m.source.text, "segments": segs})
     return {"documents": documents}

@@ -15,7 +15,7 @@ from typing import Any
 from procfhir.apply.errors import KnowledgeError
 from procfhir.config import Config, load_config
 from procfhir.errors import BuildError
-from procfhir.mapping import Mapping
+from procfhir.model import Document
 
 _TYPES = ("PlanDefinition", "ActivityDefinition", "ValueSet", "CodeSystem", "Consent")
 LEVELS_VALUE_SET = "vertebral-levels"
@@ -25,7 +25,7 @@ COMPLICATIONS_VALUE_SET = "vertebral-augmentation-complications"
 @dataclass
 class Knowledge:
     cfg: Config
-    mapping: Mapping
+    mapping: Document
     plan: dict[str, Any]
     activities: dict[str, dict[str, Any]]  # by canonical url (and url|version)
     value_sets: dict[str, dict[str, Any]]  # by id
@@ -63,7 +63,7 @@ def _read_package(package_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _build_in_memory(cfg: Config, mappings: list[Mapping]) -> list[dict[str, Any]]:
+def _build_in_memory(cfg: Config, mappings: list[Document]) -> list[dict[str, Any]]:
     from procfhir.builders.consent import build_consent
     from procfhir.builders.plandefinition import build_activities, build_plan
     from procfhir.builders.terminology import build_codesystem, build_value_sets
@@ -103,7 +103,7 @@ def load_knowledge(
         ids = ", ".join(sorted(p["id"] for p in plans))
         raise KnowledgeError(f"several PlanDefinitions ({ids}): choose one with plan_id")
     plan = plans[0]
-    mapping = next((m for m in mappings if m.data["plan"]["id"] == plan["id"]), None)
+    mapping = next((m for m in mappings if m.plan.id == plan["id"]), None)
     if mapping is None:
         raise KnowledgeError(f"no mapping of {cfg.path} defines the plan {plan['id']}")
     activities: dict[str, dict[str, Any]] = {}
@@ -112,7 +112,7 @@ def load_knowledge(
             activities[r["url"]] = r
             if r.get("version"):
                 activities[f"{r['url']}|{r['version']}"] = r
-    consent_id = mapping.data["consent"]["id"]
+    consent_id = mapping.consent.id
     consent = next((r for r in resources if r["resourceType"] == "Consent" and r["id"] == consent_id), None)
     if consent is None:
         raise KnowledgeError(f"the package has no Consent template {consent_id}")

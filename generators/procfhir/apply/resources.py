@@ -69,10 +69,10 @@ class Builder:
         self.cfg = k.cfg
         self.m = k.mapping
         consent = dict(k.consent_template)
-        procedures = self.m.data["consent"]["procedures"]
+        procedures = [t.id for t in self.m.consent.procedures]
         self.provision_codes = dict(zip(procedures, consent["provision"]["code"], strict=True))
         self.consent_template = consent
-        self.consent_title = self.m.data["consent"]["title"]
+        self.consent_title = self.m.consent.title
         self.procedure_profile = meta(self.cfg, "vertebral-augmentation-procedure")
         # The consent form and narrative differ between patients only by name, technique and
         # levels: rendered once per technique by the lead's builders with placeholders, which are

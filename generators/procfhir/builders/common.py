@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from procfhir.config import Config
-from procfhir.mapping import Code, Mapping, Trace
+from procfhir.model import Code, Quote
 
 FHIRPATH = "text/fhirpath"
 
 
-def source_ext(cfg: Config, traces: list[Trace]) -> list[dict[str, Any]]:
-    """One ``source-text`` extension per trace (see docs/contract.md)."""
+def source_ext(cfg: Config, quotes: Iterable[Quote]) -> list[dict[str, Any]]:
+    """One ``source-text`` extension per quote (see docs/contract.md)."""
     url = cfg.url("StructureDefinition", "source-text")
     return [
         {
@@ -19,26 +20,23 @@ def source_ext(cfg: Config, traces: list[Trace]) -> list[dict[str, Any]]:
             "extension": [
                 {"url": "document", "valueString": t.document},
                 {"url": "sentence", "valueString": t.sentence},
-                {"url": "quote", "valueString": t.quote},
+                {"url": "quote", "valueString": t.text},
                 {"url": "start", "valueInteger": t.start},
                 {"url": "end", "valueInteger": t.end},
             ],
         }
-        for t in traces
+        for t in quotes
     ]
 
 
-def concept(codes: list[Code], text: str | None = None) -> dict[str, Any]:
+def concept(codes: Iterable[Code], text: str | None = None) -> dict[str, Any]:
     cc: dict[str, Any] = {}
-    if codes:
-        cc["coding"] = [c.coding() for c in codes]
+    codings = [c.coding() for c in codes]
+    if codings:
+        cc["coding"] = codings
     if text:
         cc["text"] = text
     return cc
-
-
-def codes(m: Mapping, keys: list[str]) -> list[Code]:
-    return [m.code(k) for k in keys]
 
 
 def meta(cfg: Config, profile: str) -> dict[str, Any]:
@@ -70,7 +68,7 @@ def jurisdiction(cfg: Config) -> dict[str, Any]:
     return {"jurisdiction": [{"coding": [{"system": "urn:iso:std:iso:3166", "code": cfg.jurisdiction}]}]}
 
 
-def coding_expression(codes_: list[Code]) -> str:
+def coding_expression(codes_: Iterable[Code]) -> str:
     """FHIRPath criteria matching a Coding against the given codes, grouped by system.
 
     Written ``code = 'a' or code = 'b'`` (the same as ``code in ('a' | 'b')`` in FHIRPath) so that
@@ -89,7 +87,7 @@ def coding_expression(codes_: list[Code]) -> str:
     return " or ".join(parts)
 
 
-def has_condition_expression(codes_: list[Code]) -> str:
+def has_condition_expression(codes_: Iterable[Code]) -> str:
     """FHIRPath: one of the patient's Conditions (``%conditions``), not refuted, has a code."""
     return (
         "%conditions.where(verificationStatus.coding.where(code = 'refuted' or "

@@ -7,7 +7,6 @@ from typing import Any
 
 from procfhir.builders.common import (
     FHIRPATH,
-    codes,
     concept,
     has_condition_expression,
     jurisdiction,
@@ -16,7 +15,7 @@ from procfhir.builders.common import (
     source_ext,
 )
 from procfhir.config import Config
-from procfhir.mapping import Mapping
+from procfhir.model import Document, Goal, Limit, Step, Technique
 from procfhir.narrative import narrative
 
 PLAN_TYPE = {
@@ -30,13 +29,13 @@ PLAN_TYPE = {
 }
 
 
-def _indication_condition(cfg: Config, m: Mapping) -> dict[str, Any]:
-    plan = m.data["plan"]
-    all_codes = [c for ind in plan["indications"] for c in codes(m, ind["codes"])]
-    traces = [t for ind in plan["indications"] for t in m.traces(ind)]
-    names = "; ".join(ind["text"] for ind in plan["indications"])
+def _indication_condition(cfg: Config, d: Document) -> dict[str, Any]:
+    plan = d.plan
+    all_codes = [c for ind in plan.indications for c in ind.codes]
+    quotes = [q for ind in plan.indications for q in ind.quotes]
+    names = "; ".join(ind.text for ind in plan.indications)
     return {
-        "extension": source_ext(cfg, traces),
+        "extension": source_ext(cfg, quotes),
         "kind": "applicability",
         "expression": {
             "description": f"The patient has one of the indications: {names}.",
@@ -47,59 +46,57 @@ def _indication_condition(cfg: Config, m: Mapping) -> dict[str, Any]:
     }
 
 
-def lung_limit_expressions(m: Mapping, limit: dict[str, Any]) -> tuple[str, str]:
-    """(refusal condition, preference warning condition) of a level limit."""
-    has = has_condition_expression(codes(m, limit["conditions"]))
-    allowed = f"{has}.not() or %levels.count() <= {limit['max_levels']}"
-    preferred = limit.get("preferred_levels", limit["max_levels"])
+def site_limit_expressions(limit: Limit) -> tuple[str, str]:
+    """(refusal condition, preference warning condition) of a sites-per-session limit."""
+    assert limit.applies_to is not None and limit.maximum is not None
+    has = has_condition_expression(limit.applies_to.conditions)
+    allowed = f"{has}.not() or %levels.count() <= {limit.maximum}"
+    preferred = limit.preferred or limit.maximum
     warn = f"{has} and %levels.count() > {preferred}"
     return allowed, warn
 
 
-def _step_action(cfg: Config, m: Mapping, tech: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
+def _step_action(cfg: Config, tech: Technique, step: Step) -> dict[str, Any]:
     action: dict[str, Any] = {
-        "extension": source_ext(cfg, m.traces(step)),
-        "id": f"{tech['id']}-{step['id']}",
-        "title": step["title"],
-        "description": step["text"],
+        "extension": source_ext(cfg, step.quotes),
+        "id": f"{tech.id}-{step.id}",
+        "title": step.title,
+        "description": step.text,
     }
-    if step.get("codes"):
-        action["code"] = [concept(codes(m, step["codes"]), step["title"])]
-    if "before" in step:
-        action["relatedAction"] = [
-            {"actionId": f"{tech['id']}-{step['before']}", "relationship": "before-start"}
-        ]
-    if "activity" in step:
-        action["definitionCanonical"] = cfg.url("ActivityDefinition", step["activity"])
+    if step.codes:
+        action["code"] = [concept(step.codes, step.title)]
+    if step.before is not None:
+        action["relatedAction"] = [{"actionId": f"{tech.id}-{step.before}", "relationship": "before-start"}]
+    if step.activity is not None:
+        action["definitionCanonical"] = cfg.url("ActivityDefinition", step.activity.id)
     return action
 
 
-def _technique_action(cfg: Config, m: Mapping, tech: dict[str, Any]) -> dict[str, Any]:
-    plan = m.data["plan"]
-    goal_ids = [g["id"] for g in plan["goals"] if "techniques" not in g or tech["id"] in g["techniques"]]
+def _technique_action(cfg: Config, d: Document, tech: Technique) -> dict[str, Any]:
+    plan = d.plan
+    goal_ids = [g.id for g in plan.goals if g.techniques is None or tech.id in g.techniques]
     action: dict[str, Any] = {
-        "extension": source_ext(cfg, m.traces(tech)),
-        "id": tech["id"],
-        "title": tech["title"],
-        "description": tech["text"],
-        "code": [concept(codes(m, [tech["id"]]) if tech["id"] in m.codes else [], tech["title"])],
+        "extension": source_ext(cfg, tech.quotes),
+        "id": tech.id,
+        "title": tech.title,
+        "description": tech.text,
+        "code": [concept([tech.code] if tech.code else [], tech.title)],
         "goalId": goal_ids,
-        "definitionCanonical": cfg.url("ActivityDefinition", tech["activity"]),
+        "definitionCanonical": cfg.url("ActivityDefinition", tech.activity.id),
         "selectionBehavior": "all",
-        "action": [_step_action(cfg, m, tech, s) for s in tech["steps"]],
+        "action": [_step_action(cfg, tech, s) for s in tech.steps],
     }
-    needles = [s["needles_per_level"] for s in tech["steps"] if "needles_per_level" in s]
-    if needles:
-        n = needles[0]
+    quantities = [s.quantity_per_site for s in tech.steps if s.quantity_per_site is not None]
+    if quantities and plan.body_sites is not None:
+        n, unit, each = quantities[0].value, quantities[0].unit, plan.body_sites.each
         action["dynamicValue"] = [
             {
                 "path": "orderDetail.text",
                 "expression": {
-                    "description": f"{n} needle(s) per treated level",
+                    "description": f"{n} {unit} per {each}",
                     "language": FHIRPATH,
                     "expression": (
-                        f"'{n} needle(s) per treated level: ' + "
-                        f"(%levels.count() * {n}).toString() + ' needle(s) in all'"
+                        f"'{n} {unit} per {each}: ' + (%levels.count() * {n}).toString() + ' {unit} in all'"
                     ),
                 },
             }
@@ -107,35 +104,36 @@ def _technique_action(cfg: Config, m: Mapping, tech: dict[str, Any]) -> dict[str
     return action
 
 
-def _limit_condition(cfg: Config, m: Mapping, limit: dict[str, Any]) -> dict[str, Any]:
-    allowed, _ = lung_limit_expressions(m, limit)
+def _limit_condition(cfg: Config, limit: Limit) -> dict[str, Any]:
+    allowed, _ = site_limit_expressions(limit)
     return {
-        "extension": source_ext(cfg, m.traces(limit)),
+        "extension": source_ext(cfg, limit.quotes),
         "kind": "applicability",
         "expression": {
-            "description": limit["text"],
-            "name": _camel(limit["id"]),
+            "description": limit.text,
+            "name": _camel(limit.id),
             "language": FHIRPATH,
             "expression": allowed,
         },
     }
 
 
-def _limit_warning_action(cfg: Config, m: Mapping, limit: dict[str, Any]) -> dict[str, Any]:
-    _, warn = lung_limit_expressions(m, limit)
+def _limit_warning_action(cfg: Config, limit: Limit) -> dict[str, Any]:
+    _, warn = site_limit_expressions(limit)
+    warning = limit.warning or limit.text
     return {
-        "extension": source_ext(cfg, m.traces(limit)),
-        "id": f"{limit['id']}-preference",
-        "title": limit["title"],
-        "description": limit["text"],
-        "textEquivalent": limit.get("warning", limit["text"]),
+        "extension": source_ext(cfg, limit.quotes),
+        "id": f"{limit.id}-preference",
+        "title": limit.title,
+        "description": limit.text,
+        "textEquivalent": warning,
         "priority": "urgent",
         "condition": [
             {
                 "kind": "applicability",
                 "expression": {
-                    "description": limit.get("warning", limit["text"]),
-                    "name": _camel(limit["id"]) + "Preference",
+                    "description": warning,
+                    "name": _camel(limit.id) + "Preference",
                     "language": FHIRPATH,
                     "expression": warn,
                 },
@@ -148,80 +146,79 @@ def _camel(ident: str) -> str:
     return "".join(part.capitalize() for part in ident.split("-"))
 
 
-def _goal(cfg: Config, m: Mapping, goal: dict[str, Any]) -> dict[str, Any]:
-    plan = m.data["plan"]
-    inds = {i["id"]: i for i in plan["indications"]}
+def _goal(cfg: Config, goal: Goal) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "id": goal["id"],
-        "extension": source_ext(cfg, m.traces(goal)),
-        "description": {"text": goal["text"]},
+        "id": goal.id,
+        "extension": source_ext(cfg, goal.quotes),
+        "description": {"text": goal.text},
     }
-    if goal.get("addresses"):
-        out["addresses"] = [concept(codes(m, inds[a]["codes"]), inds[a]["text"]) for a in goal["addresses"]]
+    if goal.addresses:
+        out["addresses"] = [concept(ind.codes, ind.text) for ind in goal.addresses]
     return out
 
 
-def source_artifact(cfg: Config, m: Mapping) -> dict[str, Any]:
-    raw = m.source.raw  # the file as received, byte for byte
+def source_artifact(cfg: Config, d: Document) -> dict[str, Any]:
+    raw = d.source.raw  # the file as received, byte for byte
     return {
-        "extension": source_ext(cfg, m.traces(m.data["document"])),
+        "extension": source_ext(cfg, d.quotes),
         "type": "derived-from",
-        "label": m.key,
-        "display": m.data["document"]["title"],
-        "citation": f"{m.data['document']['title']} (patient information text, {m.data['document']['text']})",
+        "label": d.key,
+        "display": d.title,
+        "citation": f"{d.title} (patient information text, {d.text_file})",
         "document": {
             "contentType": "text/plain; charset=utf-8",
             "data": base64.b64encode(raw).decode("ascii"),
             "size": len(raw),
-            "hash": base64.b64encode(m.source.sha1).decode("ascii"),  # R4 Attachment.hash is SHA-1
-            "title": m.data["document"]["text"],
+            "hash": base64.b64encode(d.source.sha1).decode("ascii"),  # R4 Attachment.hash is SHA-1
+            "title": d.text_file,
         },
     }
 
 
-def build_plan(cfg: Config, m: Mapping) -> dict[str, Any]:
-    plan = m.data["plan"]
-    limits = plan.get("limits", [])
+def build_plan(cfg: Config, d: Document) -> dict[str, Any]:
+    plan = d.plan
+    limits = plan.limits
+    choice = plan.choice
     group: dict[str, Any] = {
-        "extension": source_ext(cfg, m.traces(plan["choice"])),
-        "id": plan["choice"]["id"],
-        "title": plan["choice"]["title"],
-        "description": plan["choice"]["text"],
-        "goalId": [g["id"] for g in plan["goals"]],
-        "condition": [_indication_condition(cfg, m)] + [_limit_condition(cfg, m, lim) for lim in limits],
+        "extension": source_ext(cfg, choice.quotes if choice else ()),
+        "id": choice.id if choice else "procedure",
+        "title": choice.title if choice else plan.title,
+        "description": choice.text if choice else plan.description.text,
+        "goalId": [g.id for g in plan.goals],
+        "condition": [_indication_condition(cfg, d)] + [_limit_condition(cfg, lim) for lim in limits],
         "groupingBehavior": "logical-group",
         "selectionBehavior": "exactly-one",
-        "action": [_technique_action(cfg, m, t) for t in plan["techniques"]],
+        "action": [_technique_action(cfg, d, t) for t in plan.techniques],
     }
-    actions = [group] + [_limit_warning_action(cfg, m, lim) for lim in limits]
+    actions = [group] + [_limit_warning_action(cfg, lim) for lim in limits]
     res: dict[str, Any] = {
         "resourceType": "PlanDefinition",
-        "id": plan["id"],
+        "id": plan.id,
         "meta": meta(cfg, "clinical-protocol"),
-        "text": _plan_narrative(m, actions),
-        "url": cfg.url("PlanDefinition", plan["id"]),
+        "text": _plan_narrative(d, actions),
+        "url": cfg.url("PlanDefinition", plan.id),
         "version": cfg.version,
-        "name": plan["name"],
-        "title": plan["title"],
+        "name": plan.name,
+        "title": plan.title,
         "type": PLAN_TYPE,
         "status": cfg.status,
         "experimental": False,
         **publisher_fields(cfg),
-        "description": plan["description"]["text"],
+        "description": plan.description.text,
         **jurisdiction(cfg),
     }
-    if "setting" in plan:
-        res["usage"] = plan["setting"]["text"]
-        res["_usage"] = {"extension": source_ext(cfg, m.traces(plan["setting"]))}
-    res["relatedArtifact"] = [source_artifact(cfg, m)]
-    res["goal"] = [_goal(cfg, m, g) for g in plan["goals"]]
+    if plan.setting is not None:
+        res["usage"] = plan.setting.text
+        res["_usage"] = {"extension": source_ext(cfg, plan.setting.quotes)}
+    res["relatedArtifact"] = [source_artifact(cfg, d)]
+    res["goal"] = [_goal(cfg, g) for g in plan.goals]
     res["action"] = actions
-    res["_description"] = {"extension": source_ext(cfg, m.traces(plan["description"]))}
+    res["_description"] = {"extension": source_ext(cfg, plan.description.quotes)}
     return res
 
 
-def _plan_narrative(m: Mapping, actions: list[dict[str, Any]]) -> dict[str, str]:
-    plan = m.data["plan"]
+def _plan_narrative(d: Document, actions: list[dict[str, Any]]) -> dict[str, str]:
+    plan = d.plan
 
     def action_items(acts: list[dict[str, Any]]) -> tuple[Any, ...]:
         items = []
@@ -239,51 +236,51 @@ def _plan_narrative(m: Mapping, actions: list[dict[str, Any]]) -> dict[str, str]
         return ("ol", *items)
 
     return narrative(
-        ("h3", plan["title"]),
-        ("p", plan["description"]["text"]),
-        ("p", ("b", "Setting: "), plan["setting"]["text"]) if "setting" in plan else None,
+        ("h3", plan.title),
+        ("p", plan.description.text),
+        ("p", ("b", "Setting: "), plan.setting.text) if plan.setting is not None else None,
         ("p", ("b", "Indications")),
-        ("ul", *[("li", i["text"]) for i in plan["indications"]]),
+        ("ul", *[("li", i.text) for i in plan.indications]),
         ("p", ("b", "Goals")),
-        ("ul", *[("li", g["text"]) for g in plan["goals"]]),
+        ("ul", *[("li", g.text) for g in plan.goals]),
         ("p", ("b", "Actions")),
         action_items(actions),
-        ("p", "Source: " + m.data["document"]["title"]),
+        ("p", "Source: " + d.title),
     )
 
 
-def build_activities(cfg: Config, m: Mapping) -> list[dict[str, Any]]:
+def build_activities(cfg: Config, d: Document) -> list[dict[str, Any]]:
     out = []
-    for act in m.data["activities"]:
-        cc = concept(codes(m, act["codes"]), act["title"])
+    for act in d.activities:
+        cc = concept(act.codes, act.title)
         out.append(
             {
                 "resourceType": "ActivityDefinition",
-                "id": act["id"],
+                "id": act.id,
                 "meta": meta(cfg, "procedure-activity"),
                 "text": narrative(
-                    ("h3", act["title"]),
-                    ("p", act["text"]),
+                    ("h3", act.title),
+                    ("p", act.text),
                     ("p", ("b", "Codes: "), "; ".join(f"{c['code']} {c['display']}" for c in cc["coding"])),
                 ),
-                "extension": source_ext(cfg, m.traces(act)),
-                "url": cfg.url("ActivityDefinition", act["id"]),
+                "extension": source_ext(cfg, act.quotes),
+                "url": cfg.url("ActivityDefinition", act.id),
                 "version": cfg.version,
-                "name": act["name"],
-                "title": act["title"],
+                "name": act.name,
+                "title": act.title,
                 "status": cfg.status,
                 "experimental": False,
                 **publisher_fields(cfg),
-                "description": act["text"],
+                "description": act.text,
                 **jurisdiction(cfg),
                 "relatedArtifact": [
                     {
                         "type": "derived-from",
-                        "display": m.data["document"]["title"],
-                        "resource": cfg.url("PlanDefinition", m.data["plan"]["id"]),
+                        "display": d.title,
+                        "resource": cfg.url("PlanDefinition", d.plan.id),
                     }
                 ],
-                "kind": act["kind"],
+                "kind": act.kind,
                 "code": cc,
                 "intent": "order",
                 "doNotPerform": False,

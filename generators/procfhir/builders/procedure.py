@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from procfhir.builders.common import codes, concept, meta, source_ext
+from procfhir.builders.common import concept, meta, source_ext
 from procfhir.config import Config
-from procfhir.mapping import Mapping
+from procfhir.model import Document, Examples
 from procfhir.narrative import narrative, table
 
 
-def build_patient(m: Mapping) -> dict[str, Any]:
-    p = m.data["examples"]["patient"]
+def build_patient(examples: Examples) -> dict[str, Any]:
+    p = examples.patient
     return {
         "resourceType": "Patient",
-        "id": p["id"],
+        "id": p.id,
         "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/Patient"]},
-        "text": narrative(("p", f"Example patient {p['given']} {p['family']} (not a real person).")),
-        "name": [{"family": p["family"], "given": [p["given"]]}],
+        "text": narrative(("p", f"Example patient {p.given} {p.family} (not a real person).")),
+        "name": [{"family": p.family, "given": [p.given]}],
     }
 
 
@@ -43,38 +43,34 @@ def procedure_narrative(proc: dict[str, Any]) -> dict[str, str]:
     return narrative(table(["Item", "Value"], rows))
 
 
-def build_procedures(cfg: Config, m: Mapping) -> list[dict[str, Any]]:
-    examples = m.data.get("examples")
-    if not examples:
+def build_procedures(cfg: Config, d: Document) -> list[dict[str, Any]]:
+    examples = d.examples
+    if examples is None:
         return []
-    plan = m.data["plan"]
-    inds = {i["id"]: i for i in plan["indications"]}
-    techs = {t["id"]: t for t in plan["techniques"]}
-    patient = examples["patient"]
+    patient = examples.patient
     out = []
-    for ex in examples["procedures"]:
-        tech = techs[ex["technique"]]
-        ind = inds[ex["reason"]]
-        reason = concept(codes(m, ind["codes"]), ind["text"])
+    for ex in examples.procedures:
+        ind = ex.reason
+        reason = concept(ind.codes, ind.text)
         proc: dict[str, Any] = {
             "resourceType": "Procedure",
-            "id": ex["id"],
+            "id": ex.id,
             "meta": meta(cfg, "vertebral-augmentation-procedure"),
-            "instantiatesCanonical": [cfg.url("PlanDefinition", plan["id"])],
-            "status": ex["status"],
-            "code": concept(codes(m, ex["codes"]), tech["title"]),
+            "instantiatesCanonical": [cfg.url("PlanDefinition", d.plan.id)],
+            "status": ex.status,
+            "code": concept(ex.codes, ex.technique.title),
             "subject": {
-                "reference": f"Patient/{patient['id']}",
-                "display": f"{patient['given']} {patient['family']}",
+                "reference": f"Patient/{patient.id}",
+                "display": f"{patient.given} {patient.family}",
             },
-            "performedDateTime": ex["performed"],
-            "reasonCode": [{"extension": source_ext(cfg, m.traces(ind)), **reason}],
-            "bodySite": [concept([m.code(k)], m.code(k).display) for k in ex["levels"]],
+            "performedDateTime": ex.performed,
+            "reasonCode": [{"extension": source_ext(cfg, ind.quotes), **reason}],
+            "bodySite": [concept([c], c.display) for c in ex.sites],
         }
-        if ex.get("complications"):
-            proc["complication"] = [concept([m.code(k)], m.code(k).display) for k in ex["complications"]]
-        if ex.get("used"):
-            proc["usedCode"] = [concept([m.code(k)], m.code(k).display) for k in ex["used"]]
+        if ex.complications:
+            proc["complication"] = [concept([c], c.display) for c in ex.complications]
+        if ex.used:
+            proc["usedCode"] = [concept([c], c.display) for c in ex.used]
         proc["text"] = procedure_narrative(proc)
         out.append(_ordered(proc))
     return out

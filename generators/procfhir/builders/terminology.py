@@ -4,24 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from procfhir.builders.common import codes, jurisdiction, publisher_fields, source_ext
+from procfhir.builders.common import jurisdiction, publisher_fields, source_ext
 from procfhir.config import Config
-from procfhir.mapping import Code, Mapping
+from procfhir.model import Code, Document, Quote
 from procfhir.narrative import narrative, table
 
 SHAREABLE_CS = "http://hl7.org/fhir/StructureDefinition/shareablecodesystem"
 SHAREABLE_VS = "http://hl7.org/fhir/StructureDefinition/shareablevalueset"
 
 
-def build_codesystem(cfg: Config, mappings: list[Mapping]) -> dict[str, Any]:
-    """One CodeSystem for every document's local codes (a code defined twice must agree)."""
+def build_codesystem(cfg: Config, documents: list[Document]) -> dict[str, Any]:
+    """One CodeSystem for every document's local codes (a code defined twice must agree: checked
+    by :func:`procfhir.mapping.check_shared_codes`; its quotes are those of every document)."""
+    by_code: dict[str, tuple[Code, list[Quote]]] = {}
+    for d in documents:
+        for c in d.local_codes:
+            by_code.setdefault(c.code, (c, []))[1].extend(c.quotes)
     concepts: dict[str, dict[str, Any]] = {}
-    for m in mappings:
-        for key, c in m.data["local_codes"].items():
-            entry: dict[str, Any] = {"code": key, "display": c["display"], "definition": c["definition"]}
-            if "quotes" in c:
-                entry = {"extension": source_ext(cfg, m.traces(c)), **entry}
-            concepts.setdefault(key, entry)
+    for key, (c, quotes) in by_code.items():
+        entry: dict[str, Any] = {"code": c.code, "display": c.display, "definition": c.definition}
+        concepts[key] = {"extension": source_ext(cfg, quotes), **entry} if quotes else entry
     ordered = [concepts[k] for k in sorted(concepts)]
     return {
         "resourceType": "CodeSystem",
@@ -54,51 +56,30 @@ def build_codesystem(cfg: Config, mappings: list[Mapping]) -> dict[str, Any]:
     }
 
 
-def _value_set_codes(m: Mapping, vs: dict[str, Any]) -> list[Code]:
-    if "codes" in vs:
-        return codes(m, vs["codes"])
-    src = vs["from"]
-    plan = m.data["plan"]
-    keys: list[str] = []
-    if src == "indications":
-        keys = [k for i in plan["indications"] for k in i["codes"]]
-    elif src == "risks":
-        keys = [k for r in m.data["consent"]["risks"] for k in r["codes"]]
-    elif src == "techniques":
-        for t in plan["techniques"]:
-            act = next(a for a in m.data["activities"] if a["id"] == t["activity"])
-            keys += act["codes"]
-    seen: list[str] = []
-    for k in keys:
-        if k not in seen:
-            seen.append(k)
-    return codes(m, seen)
-
-
-def build_value_sets(cfg: Config, m: Mapping) -> list[dict[str, Any]]:
+def build_value_sets(cfg: Config, d: Document) -> list[dict[str, Any]]:
     out = []
-    for vs in m.data["value_sets"]:
-        vs_codes = _value_set_codes(m, vs)
+    for vs in d.value_sets:
+        vs_codes = vs.codes
         include: dict[str, list[Code]] = {}
         for c in vs_codes:
             include.setdefault(c.system, []).append(c)
         out.append(
             {
                 "resourceType": "ValueSet",
-                "id": vs["id"],
+                "id": vs.id,
                 "meta": {"profile": [SHAREABLE_VS]},
                 "text": narrative(
-                    ("p", vs["title"]),
+                    ("p", vs.title),
                     table(["System", "Code", "Display"], [[c.system, c.code, c.display] for c in vs_codes]),
                 ),
-                "url": cfg.url("ValueSet", vs["id"]),
+                "url": cfg.url("ValueSet", vs.id),
                 "version": cfg.version,
-                "name": vs["name"],
-                "title": vs["title"],
+                "name": vs.name,
+                "title": vs.title,
                 "status": cfg.status,
                 "experimental": False,
                 **publisher_fields(cfg),
-                "description": f"{vs['title']}, from the mapping of {m.data['document']['title']}.",
+                "description": f"{vs.title}, from the mapping of {d.title}.",
                 **jurisdiction(cfg),
                 "compose": {
                     "include": [
