@@ -321,3 +321,73 @@ def test_review_command_writes_the_page(built: BuildResult, tmp_path: Path) -> N
     missing = tmp_path / "no" / "such" / "folder" / "page.html"
     proc = run_cli("review", "--out", str(missing))
     assert proc.returncode == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- sign-off states ---------------------------------------------------------------------------
+
+ADDED = "Please bring a list of the medicines you take."
+
+
+def test_review_page_shows_the_sign_off_state_of_every_sentence(chromium: str, tmp_path: Path) -> None:
+    cfg = copy_inputs(tmp_path)
+    page_dir = tmp_path / "page"
+    page_dir.mkdir()
+    common = ("review", "--config", str(cfg), "--out", str(page_dir), "--no-validate")
+    signed = run_cli(
+        *common, "--sign-off", "--reviewer", "Dr. A Reviewer", "--at", "2026-11-30T09:00:00Z", "--yes"
+    )
+    assert signed.returncode == 0, signed.stderr
+    # after the sign-off: a change in an unquoted gap of s2, and a new (non-clinical) paragraph
+    text = text_path(tmp_path)
+    old_s2 = "procedures that are typically performed"
+    body = text.read_text(encoding="utf-8")
+    text.write_text(
+        body.replace(old_s2, "procedures that are no longer typically performed").rstrip("\n")
+        + f"\n\n{ADDED}\n",
+        encoding="utf-8",
+    )
+    mapping = mapping_path(tmp_path)
+    mapping.write_text(
+        mapping.read_text(encoding="utf-8").replace(
+            "non_clinical: []", f'non_clinical: [{{quote: "{ADDED}", reason: "practical advice"}}]'
+        ),
+        encoding="utf-8",
+    )
+    proc = run_cli(*common)
+    assert proc.returncode == 0, proc.stderr
+    result = build(cfg, write=False, validate=False, enforce_signoff=False)
+    segs = result.trace["documents"][0]["segments"]
+    added = next(s["id"] for s in segs if s["text"] == ADDED)
+    expected = {s["id"]: "signed" for s in segs} | {"s2": "changed", added: "unsigned"}
+
+    doc = dom(chromium, page_dir / "review.html", tmp_path)
+    labels = {"signed": "signed", "changed": "changed since sign-off", "unsigned": "never signed"}
+    for sid, state in expected.items():
+        sent = doc.by_id(f"sent-{sid}")
+        states = {c[3:] for c in sent.attrs["class"].split() if c.startswith("so-")}
+        assert states == {state}, (sid, sent.attrs["class"])
+        badge = doc.by_id(f"gen-{sid}").one("span", "badge", data_signoff=state)
+        assert badge.text() == labels[state], sid
+    was = doc.by_id("gen-s2").one("p", "signoff-was")
+    assert old_s2 in was.text() and "Dr. A Reviewer" in was.text() and "no longer" not in was.text()
+    assert not doc.by_id("gen-s3").all("p", "signoff-was")
+    row = doc.by_id("signoff").one("tr", data_document="vertebroplasty-kyphoplasty")
+    assert "not signed off as it reads now" in row.text()
+    assert f"{len(segs) - 2} signed, 1 changed since sign-off, 1 never signed" in norm(row.text())
+    assert "vertebroplasty-kyphoplasty.lock.yaml" in row.text() and "Dr. A Reviewer" in row.text()
+
+
+def test_committed_page_shows_the_text_never_signed(
+    built: BuildResult, chromium: str, tmp_path: Path
+) -> None:
+    assert built.out_dir is not None
+    doc = dom(chromium, built.out_dir / "review.html", tmp_path)
+    segs = built.trace["documents"][0]["segments"]
+    for seg in segs:
+        assert "so-unsigned" in doc.by_id(f"sent-{seg['id']}").attrs["class"].split()
+        assert (
+            doc.by_id(f"gen-{seg['id']}").one("span", "badge", data_signoff="unsigned").text()
+            == "never signed"
+        )
+    row = doc.by_id("signoff").one("tr", data_document="vertebroplasty-kyphoplasty")
+    assert "no review lock: never signed off" in row.text() and f"{len(segs)} never signed" in row.text()

@@ -30,6 +30,7 @@ from procfhir.packaging import (
     write_output,
 )
 from procfhir.safeout import check_folder
+from procfhir.source import load_source
 from procfhir.terminology_report import report_markdown, terminology_report
 from procfhir.trace import build_trace
 
@@ -46,6 +47,7 @@ class BuildResult:
     files: dict[str, bytes] = field(default_factory=dict)
     validation: list[Any] = field(default_factory=list)
     out_dir: Path | None = None
+    signoff: dict[str, Any] = field(default_factory=dict)  # document key -> signoff.Comparison
 
 
 def load_mappings(cfg: Config) -> list[Document]:
@@ -66,7 +68,9 @@ def load_mappings(cfg: Config) -> list[Document]:
     return mappings
 
 
-def build_resources(cfg: Config, mappings: list[Document]) -> list[dict[str, Any]]:
+def build_resources(
+    cfg: Config, mappings: list[Document], signoff: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     resources: list[dict[str, Any]] = [build_codesystem(cfg, mappings)]
     for m in mappings:
         resources += build_value_sets(cfg, m)
@@ -77,6 +81,10 @@ def build_resources(cfg: Config, mappings: list[Document]) -> list[dict[str, Any
             resources.append(build_patient(m.examples))
             resources += build_procedures(cfg, m)
     resources += _profiles(cfg)
+    if signoff:  # the sign-off of each document, as Provenance of what rests on its sentences
+        from procfhir.builders.provenance import build_provenances
+
+        resources += [p for m in mappings for p in build_provenances(cfg, m, signoff[m.key], resources)]
     seen: dict[str, int] = {}
     for r in resources:
         ref = f"{r['resourceType']}/{r['id']}"
@@ -127,13 +135,27 @@ def build(
     validate: bool = True,
     write: bool = True,
     log: Callable[[str], None] | None = None,
+    enforce_signoff: bool = True,
 ) -> BuildResult:
-    """Build the package; raise :class:`BuildError` (nothing written) on any problem."""
+    """Build the package; raise :class:`BuildError` (nothing written) on any problem.
+
+    ``enforce_signoff=False`` (the review page, the sign-off itself) builds a text that differs
+    from its review lock; the sign-off state is in ``result.signoff`` either way.
+    """
+    from procfhir import signoff
+
     cfg = load_config(config)
     if write:  # refuse an output folder we must not replace before any work
         check_folder(Path(out_dir) if out_dir is not None else DEFAULT_OUT)
-    mappings = load_mappings(cfg)
-    resources = build_resources(cfg, mappings)
+    try:
+        mappings = load_mappings(cfg)
+    except BuildError as exc:
+        if enforce_signoff:  # a signed sentence removed or changed shows here too
+            locks = [signoff.lock_path(doc) for doc in cfg.documents]
+            exc.problems += signoff.unchecked_lock_problems(locks, load_source)
+        raise
+    comparisons = signoff.compare_documents(mappings)
+    resources = build_resources(cfg, mappings, comparisons)
     from procfhir.offsets import provenance_problems
 
     inexact = provenance_problems(resources, cfg.url("StructureDefinition", "source-text"))
@@ -141,7 +163,10 @@ def build(
         raise BuildError("the package's provenance is not exact (a bug in the generator)", inexact)
     terminology = terminology_report(cfg, mappings, resources)
     trace = build_trace(cfg, mappings, resources)
-    result = BuildResult(cfg, mappings, resources, terminology, trace)
+    refusal = signoff.signoff_check(cfg.status, mappings, comparisons, trace)
+    if refusal is not None and enforce_signoff:
+        raise refusal
+    result = BuildResult(cfg, mappings, resources, terminology, trace, signoff=comparisons)
     if validate:
         result.validation = _validate(resources)
     extra = {

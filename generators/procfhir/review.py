@@ -143,6 +143,13 @@ table.validation{table-layout:fixed}table.validation td{overflow-wrap:anywhere}
 ul.issues{margin:0;padding-left:18px;font-size:13px}
 li.sev-error,li.sev-fatal{color:var(--bad)}
 .signoff td{height:44px}
+a.seg.so-changed{text-decoration:underline wavy var(--bad);text-decoration-thickness:1px}
+a.seg.so-unsigned{text-decoration:underline dotted #6b747c}
+.badge.so-signed{background:#dcf5e5;border-color:var(--ok);color:var(--ok)}
+.badge.so-changed{background:#fde2e1;border-color:var(--bad);color:var(--bad)}
+.badge.so-unsigned{border-style:dotted;color:#5b6670}
+.signoff-was{font-size:13px;border-left:4px solid var(--bad);padding-left:8px;margin:4px 0}
+table.signoff-state td{height:auto}
 @media print{.source-text,.trace .elements{max-height:none;overflow:visible}nav.toc{display:none}
 .trace{display:block}}
 """
@@ -194,8 +201,31 @@ def _non_clinical_reasons(mapping: Document | None) -> dict[str, list[str]]:
     return reasons
 
 
-def _source_text(doc: dict[str, Any], doc_index: int) -> str:
+def _signoff_states(result: Any, key: str) -> dict[str, Any]:
+    """Per sentence id its sign-off state (``procfhir.signoff.SentenceState``), if the build has one."""
+    comp = (getattr(result, "signoff", None) or {}).get(key)
+    return dict(comp.states) if comp is not None else {}
+
+
+_SO_LABEL = {"signed": "signed", "changed": "changed since sign-off", "unsigned": "never signed"}
+
+
+def _signoff_badge(state: Any) -> str:
+    if state is None:
+        return ""
+    title = f"signed off by {state.signed.by} on {state.signed.at}" if state.signed is not None else ""
+    if state.state == "changed":
+        title = "the wording differs from the one " + title
+    return (
+        f' <span class="badge so-{_e(state.state)}" data-signoff="{_e(state.state)}"'
+        + (f' title="{_e(title)}"' if title else "")
+        + f">{_e(_SO_LABEL.get(state.state, state.state))}</span>"
+    )
+
+
+def _source_text(doc: dict[str, Any], doc_index: int, states: dict[str, Any] | None = None) -> str:
     """The text as it is, paragraph by paragraph, each segment a link to what it became."""
+    states = states or {}
     text: str = doc["text"]
     pieces: list[tuple[int, int, dict[str, Any], bool]] = []
     for seg in doc["segments"]:
@@ -226,6 +256,8 @@ def _source_text(doc: dict[str, Any], doc_index: int) -> str:
         cls = ["seg", seg["kind"], "k-" + _sentence_category(seg["elements"])]
         if seg["non_clinical"]:
             cls.append("nc")
+        if seg["id"] in states:
+            cls.append("so-" + states[seg["id"]].state)
         ident = f' id="sent-{key}"' if first else ""
         label = f"{seg['id']}: {len(seg['elements'])} generated element(s)"
         if seg["non_clinical"]:
@@ -248,7 +280,10 @@ def _source_text(doc: dict[str, Any], doc_index: int) -> str:
     return "".join(out)
 
 
-def _trace_entries(doc: dict[str, Any], doc_index: int, reasons: dict[str, list[str]]) -> str:
+def _trace_entries(
+    doc: dict[str, Any], doc_index: int, reasons: dict[str, list[str]], states: dict[str, Any] | None = None
+) -> str:
+    states = states or {}
     out = []
     for seg in doc["segments"]:
         key = _seg_key(doc_index, seg["id"])
@@ -261,8 +296,15 @@ def _trace_entries(doc: dict[str, Any], doc_index: int, reasons: dict[str, list[
         )
         if seg["non_clinical"]:
             head += ' <span class="badge nc">non-clinical</span>'
+        state = states.get(seg["id"])
+        head += _signoff_badge(state)
         parts = [f'<section class="{cls}" id="gen-{key}" data-seg="{key}">{head}</h4>']
         parts.append(f"<blockquote>{_e(seg['text'])}</blockquote>")
+        if state is not None and state.state == "changed" and state.signed is not None:
+            parts.append(
+                f'<p class="signoff-was">Signed wording ({_e(state.signed.by)}, {_e(state.signed.at)}): '
+                f"<q>{_e(state.signed.text)}</q></p>"
+            )
         if seg["non_clinical"]:
             why = "; ".join(reasons.get(seg["id"], [])) or "listed as non-clinical in the mapping"
             parts.append(f'<p class="nc-reason">Not clinical content: {_e(why)}</p>')
@@ -301,6 +343,8 @@ def _source_section(result: Any) -> str:
     legend += (
         ' <span><span class="badge k-none">no element</span></span>'
         ' <span><span class="badge nc">non-clinical</span></span>'
+        " &middot; sign-off: "
+        + " ".join(f'<span><span class="badge so-{k}">{v}</span></span>' for k, v in _SO_LABEL.items())
     )
     parts = [
         '<section class="part" id="source"><h2>Source text and what each sentence became</h2>',
@@ -310,6 +354,7 @@ def _source_section(result: Any) -> str:
     ]
     for i, doc in enumerate(result.trace.get("documents", [])):
         reasons = _non_clinical_reasons(mappings.get(doc["key"]))
+        states = _signoff_states(result, doc["key"])
         segs = doc["segments"]
         traced = sum(1 for s in segs if s["elements"])
         nc = sum(1 for s in segs if s["non_clinical"])
@@ -317,8 +362,8 @@ def _source_section(result: Any) -> str:
             f'<div class="document" id="doc-{_slug(doc["key"])}"><h3>{_e(doc["title"])} '
             f'<span class="meta-line">({_e(doc["key"])}: {len(segs)} sentences and headings, '
             f"{traced} carried by FHIR elements, {nc} non-clinical)</span></h3>"
-            f'<div class="trace"><div class="source-text">{_source_text(doc, i)}</div>'
-            f'<div class="elements">{_trace_entries(doc, i, reasons)}</div></div></div>'
+            f'<div class="trace"><div class="source-text">{_source_text(doc, i, states)}</div>'
+            f'<div class="elements">{_trace_entries(doc, i, reasons, states)}</div></div></div>'
         )
     parts.append("</section>")
     return "".join(parts)
@@ -682,13 +727,57 @@ def _header(result: Any) -> str:
     )
 
 
-def _signoff() -> str:
+def _signoff_state_rows(result: Any) -> str:
+    """Per document: its review lock, who signed what, and how the text stands against it."""
+    rows = []
+    for doc in result.trace.get("documents", []):
+        comp = (getattr(result, "signoff", None) or {}).get(doc["key"])
+        if comp is None:
+            continue
+        counts = {k: comp.count(k) for k in _SO_LABEL}
+        summary = ", ".join(f"{n} {_SO_LABEL[k]}" for k, n in counts.items() if n)
+        if comp.lock is None:
+            lock = "no review lock: never signed off"
+            who = ""
+        else:
+            lock = _e(comp.lock.path.name)
+            signers = sorted({(s.at, s.by) for s in comp.lock.sentences})
+            who = "<br>".join(f"{_e(by)}, {_e(at)}" for at, by in signers)
+        removed = "".join(
+            f'<li class="removed">{_e(signed.id)} (by {_e(signed.by)}, {_e(signed.at)}): '
+            f"<q>{_e(signed.text)}</q></li>"
+            for signed, _line in comp.removed
+        )
+        if removed:
+            summary += f", {len(comp.removed)} signed sentence(s) removed<ul>{removed}</ul>"
+        verdict = (
+            '<span class="badge so-signed">matches its sign-off</span>'
+            if comp.matches
+            else '<span class="badge so-changed">not signed off as it reads now</span>'
+        )
+        rows.append(
+            f'<tr data-document="{_e(doc["key"])}"><td>{_e(doc["title"])}</td><td>{lock}</td>'
+            f"<td>{who}</td><td>{verdict} {summary}</td></tr>"
+        )
+    if not rows:
+        return ""
+    return (
+        '<p class="meta-line">Clinical sign-off of the text, sentence by sentence '
+        "(<code>procfhir review --sign-off --reviewer NAME</code> records it; the build refuses a text "
+        "that differs from it, and <code>status: active</code> without it).</p>"
+        '<table class="signoff-state"><thead><tr><th>Document</th><th>Review lock</th><th>Signed by</th>'
+        f"<th>Text against the lock</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _signoff(result: Any = None) -> str:
     rows = "".join(
         f"<tr><td>{role}</td><td></td><td></td><td></td></tr>"
         for role in ("Clinician (content)", "Terminologist (codes)")
     )
+    state = _signoff_state_rows(result) if result is not None else ""
     return (
-        '<section class="part" id="signoff"><h2>Sign-off</h2>'
+        f'<section class="part" id="signoff"><h2>Sign-off</h2>{state}'
         '<table class="signoff"><thead><tr><th>Role</th><th>Name</th><th>Signature</th><th>Date</th></tr>'
         f"</thead><tbody>{rows}</tbody></table></section>"
     )
@@ -718,6 +807,6 @@ def render_review(result: Any, *, validated: bool | None = None) -> str:
         + _consent_section(result)
         + _terminology_section(result)
         + _validation_section(result, validated)
-        + _signoff()
+        + _signoff(result)
         + f'</main><script id="review-hover">{_SCRIPT}</script></body></html>\n'
     )

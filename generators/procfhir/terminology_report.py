@@ -28,7 +28,9 @@ def iter_codings(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
 def terminology_report(
     cfg: Config, mappings: list[Document], resources: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    known: dict[tuple[str, str], Code] = {}
+    from procfhir.builders.provenance import CODES as PROVENANCE_CODES
+
+    known: dict[tuple[str, str], Code] = {(c.system, c.code): c for c in PROVENANCE_CODES}
     for m in mappings:
         for c in m.codes.values():
             known.setdefault((c.system, c.code), c)

@@ -6,6 +6,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,9 +24,40 @@ from procfhir.commands.options import config_option
     help="Where to write the page (a folder gets review.html).",
 )
 @click.option("--no-validate", is_flag=True, help="Leave the validation section empty.")
-def command(config: Path | None, out: Path, no_validate: bool) -> None:
-    """Write the review page of a fresh build: source text and what each sentence became, the
-    plan as a diagram, the consent form, the codes, the validation result."""
+@click.option(
+    "--sign-off",
+    "sign_off",
+    is_flag=True,
+    help="Record the review lock of the current text (beside each mapping), after showing what "
+    "changed since the last sign-off.",
+)
+@click.option("--reviewer", default=None, help="The clinician signing off (with --sign-off).")
+@click.option(
+    "--document",
+    "documents",
+    multiple=True,
+    help="Sign off only this document key (repeatable; default: every document of the package).",
+)
+@click.option(
+    "--at",
+    "at",
+    default=None,
+    help="Sign-off time, YYYY-MM-DDThh:mm:ssZ (default: now, UTC).",
+)
+@click.option("--yes", is_flag=True, help="Sign off without asking for confirmation.")
+def command(
+    config: Path | None,
+    out: Path,
+    no_validate: bool,
+    sign_off: bool,
+    reviewer: str | None,
+    documents: tuple[str, ...],
+    at: str | None,
+    yes: bool,
+) -> None:
+    """Write the review page of a fresh build: source text and what each sentence became (and
+    whether it is signed off), the plan as a diagram, the consent form, the codes, the validation
+    result. With --sign-off --reviewer NAME, first record the review lock of the current text."""
     from procfhir.build import build, validation_findings
     from procfhir.errors import BuildError
     from procfhir.review import render_review
@@ -34,8 +66,13 @@ def command(config: Path | None, out: Path, no_validate: bool) -> None:
     if not target.parent.is_dir():
         click.echo(f"review failed: folder {target.parent} does not exist", err=True)
         sys.exit(1)
+    if not sign_off and (reviewer or documents or at or yes):
+        click.echo("review failed: --reviewer, --document, --at and --yes go with --sign-off", err=True)
+        sys.exit(2)
     try:
-        result = build(config, write=False, validate=False)
+        result = build(config, write=False, validate=False, enforce_signoff=False)
+        if sign_off and _sign_off(result, reviewer, documents, at, yes):  # the page shows the new lock
+            result = build(config, write=False, validate=False, enforce_signoff=False)
     except BuildError as exc:
         click.echo(f"review failed: {exc}", err=True)
         sys.exit(1)
@@ -64,3 +101,48 @@ def command(config: Path | None, out: Path, no_validate: bool) -> None:
     warnings = sum(1 for _ref, i in result.validation if getattr(i, "severity", "") == "warning")
     summary = f"{errors} error(s), {warnings} warning(s)" if validated else "not validated"
     click.echo(f"wrote {target} ({len(page)} bytes; validation: {summary}); open {target.resolve().as_uri()}")
+
+
+def _sign_off(
+    result: Any, reviewer: str | None, documents: tuple[str, ...], at: str | None, yes: bool
+) -> bool:
+    """Show what changed since the last sign-off of each document, confirm, write the locks.
+
+    Return True when a lock was written.
+    """
+    from procfhir.errors import BuildError
+    from procfhir.signoff import describe_changes, lock_path, now_utc, sign_off, write_lock
+
+    if not reviewer or not reviewer.strip():
+        raise BuildError("--sign-off needs the reviewer's name: --reviewer NAME")
+    keys = [m.key for m in result.mappings]
+    unknown = [d for d in documents if d not in keys]
+    if unknown:
+        raise BuildError(f"no document {', '.join(unknown)} in the package (documents: {', '.join(keys)})")
+    chosen = [m for m in result.mappings if not documents or m.key in documents]
+    at = at or now_utc()
+    pending = []
+    for m in chosen:
+        lock, comp = sign_off(m.source, m.key, m.text_file, lock_path(m.path), reviewer, at)
+        click.echo(f"{m.key} ({m.source.path}):")
+        for line in describe_changes(comp, m.source):
+            click.echo(f"  {line}")
+        if comp.matches and comp.lock is not None and comp.lock.text_file == lock.text_file:
+            click.echo(f"  {lock.path.name} already matches the text; left as it is")
+            continue
+        pending.append(lock)
+    if not pending:
+        click.echo("nothing to sign off")
+        return False
+    names = ", ".join(str(lock.path) for lock in pending)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise BuildError(f"not signed off: confirm with --yes to write {names} without a terminal")
+        if not click.confirm(f"Sign off as {reviewer.strip()} at {at} and write {names}?", default=False):
+            click.echo("not signed off")
+            return False
+    for lock in pending:
+        write_lock(lock)
+        click.echo(f"signed off: wrote {lock.path} ({len(lock.sentences)} sentences and headings)")
+    click.echo("run `procfhir build` to put the sign-off (Provenance) into the package")
+    return True
