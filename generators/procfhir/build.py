@@ -111,7 +111,7 @@ def validation_findings(resources: list[dict[str, Any]]) -> list[tuple[str, Any]
     """
     from procfhir.validator import Validator
 
-    validator = Validator(extra_definitions=resources)
+    validator = Validator(extra_definitions=resources, strict=True)
     return [(f"{r['resourceType']}/{r['id']}", issue) for r in resources for issue in validator.validate(r)]
 
 

@@ -1,4 +1,8 @@
-"""``procfhir validate PATH...``: validate FHIR R4 resources offline (OperationOutcome + summary)."""
+"""``procfhir validate PATH...``: validate FHIR R4 resources offline (OperationOutcome + summary).
+
+Exit codes: 0 no errors; 1 errors found (in any input); 2 the validation could not run at all
+(the core definitions are missing or unreadable, no input could be read, or the outcome file
+cannot be written). The OperationOutcome is written in every case."""
 
 from __future__ import annotations
 
@@ -29,6 +33,21 @@ import click
 )
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and warnings in the summary.")
 @click.option(
+    "--workers",
+    "-j",
+    type=click.IntRange(min=1, max=64),
+    default=1,
+    show_default=True,
+    help="Validate in this many processes.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Our package's policy on top of the reference's rules: unknown extensions, unresolvable "
+    "meta.profile and canonicals under the package's base are errors; narratives must not load "
+    "external images or style resources.",
+)
+@click.option(
     "--list-unsupported",
     is_flag=True,
     help="List the core invariants not evaluated through fhirpathpy, and why, then exit.",
@@ -39,9 +58,12 @@ def command(
     definitions: tuple[str, ...],
     outcome_path: str | None,
     quiet: bool,
+    workers: int,
+    strict: bool,
     list_unsupported: bool,
 ) -> None:
-    """Validate files, folders, Bundles or package .tgz files; exit 1 when any error."""
+    """Validate files, folders, Bundles or package .tgz files; exit 0 clean, 1 errors found,
+    2 could not run."""
     if list_unsupported:
         from procfhir.validator.invariants import unsupported_report
 
@@ -51,20 +73,33 @@ def command(
     if not paths:
         raise click.UsageError("give at least one file, folder, Bundle or package .tgz to validate")
     from procfhir.validator.issues import has_errors, summary, to_operation_outcome
-    from procfhir.validator.run import validate_paths
+    from procfhir.validator.run import run
 
-    issues, count = validate_paths(list(paths), profile=profile, definitions=list(definitions))
+    result = run(list(paths), profile=profile, definitions=list(definitions), workers=workers, strict=strict)
+    issues = result.issues
     shown = [i for i in issues if not quiet or i.severity != "information"]
     outcome = to_operation_outcome(issues)
+    code = 2 if result.could_not_run else 1 if has_errors(issues) else 0
     if outcome_path == "-":
         click.echo(json.dumps(outcome, indent=2, ensure_ascii=False))
-    else:
-        click.echo(summary(shown, count), err=outcome_path is None and False)
-        if outcome_path:
-            target = Path(outcome_path)
-            fd, tmp = tempfile.mkstemp(prefix=".outcome-", dir=target.resolve().parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(outcome, fh, indent=2, ensure_ascii=False)
-                fh.write("\n")
-            os.replace(tmp, target)
-    sys.exit(1 if has_errors(issues) else 0)
+        sys.exit(code)
+    click.echo(summary(shown, result.resources))
+    if outcome_path:
+        try:
+            _write_atomically(Path(outcome_path), outcome)
+        except OSError as exc:
+            click.echo(f"error: cannot write the OperationOutcome to {outcome_path}: {exc}", err=True)
+            sys.exit(2)
+    sys.exit(code)
+
+
+def _write_atomically(target: Path, outcome: dict[str, object]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".outcome-", dir=target.resolve().parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(outcome, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

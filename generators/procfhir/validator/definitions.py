@@ -44,6 +44,9 @@ class Node:
         "content_ref",
         "slice_name",
         "repeats",
+        "max_length",
+        "min_value",
+        "max_value",
         "_keymap",
         "sd",
     )
@@ -68,11 +71,19 @@ class Node:
         self.slicing: dict[str, Any] | None = ed.get("slicing")
         self.fixed: tuple[str, Any] | None = None
         self.pattern: tuple[str, Any] | None = None
+        self.min_value: tuple[str, Any] | None = None
+        self.max_value: tuple[str, Any] | None = None
+        ml = ed.get("maxLength")
+        self.max_length: int | None = ml if isinstance(ml, int) and not isinstance(ml, bool) else None
         for k, v in ed.items():
             if k.startswith("fixed"):
                 self.fixed = (k, v)
             elif k.startswith("pattern"):
                 self.pattern = (k, v)
+            elif k.startswith("minValue"):
+                self.min_value = (k, v)
+            elif k.startswith("maxValue"):
+                self.max_value = (k, v)
         self.binding: dict[str, Any] | None = ed.get("binding")
         self.constraints: list[dict[str, Any]] = [
             c for c in ed.get("constraint") or [] if c.get("expression")
@@ -129,9 +140,10 @@ class CompiledSD:
             parent_id, _, last = node.id.rpartition(".")
             name, _, slice_part = last.partition(":")
             if slice_part:
-                if "/" in slice_part:  # re-slicing: not used by our profiles
-                    continue
-                base = self.by_id.get(f"{parent_id}.{name}" if parent_id else name)
+                base_id = f"{parent_id}.{name}" if parent_id else name
+                if "/" in slice_part:  # re-slicing: a slice of the slice
+                    base_id = f"{base_id}:{slice_part.rsplit('/', 1)[0]}"
+                base = self.by_id.get(base_id)
                 if base is not None:
                     base.slices.append(node)
                 continue
@@ -187,6 +199,7 @@ class Definitions:
                     self.resource_types.add(entry["type"])
         self._loaded: dict[str, dict[str, Any] | None] = {}
         self._compiled: dict[str, CompiledSD | None] = {}
+        self.sd_errors: dict[str, str] = {}  # url -> why its snapshot cannot be used
         self.extra: dict[str, dict[str, Any]] = {}
         self.package_bases: set[str] = set()
         self.package_types: set[tuple[str, str]] = set()  # (base, resourceType) of extra definitions
@@ -200,6 +213,7 @@ class Definitions:
             return
         self.extra[url] = res
         self._compiled.pop(url, None)
+        self.sd_errors.pop(url, None)
         rtype = res.get("resourceType", "")
         marker = f"/{rtype}/"
         if marker in url:
@@ -231,14 +245,22 @@ class Definitions:
         url = url.split("|", 1)[0]
         if url in self._compiled:
             return self._compiled[url]
+        self._compiled[url] = None  # guards against a profile based (indirectly) on itself
         res = self.resource(url)
         compiled = None
         if res is not None and res.get("resourceType") == "StructureDefinition":
-            if not (res.get("snapshot") or {}).get("element"):
-                from procfhir.validator.snapshot import generate_snapshot
+            try:
+                if not (res.get("snapshot") or {}).get("element"):
+                    from procfhir.validator.snapshot import generate_snapshot
 
-                res = generate_snapshot(res, self)
-            compiled = CompiledSD(res)
+                    res = generate_snapshot(res, self)
+                compiled = CompiledSD(res)
+            except DefinitionsError:
+                if self.is_core(url):
+                    raise
+                self.sd_errors[url] = "it has no usable snapshot"
+            except Exception as exc:  # noqa: BLE001 - any defect of a profile becomes an issue
+                self.sd_errors[url] = f"its snapshot cannot be generated: {exc}"
         self._compiled[url] = compiled
         return compiled
 

@@ -1,5 +1,9 @@
 """What ``validate`` reads: files, folders, Bundles and package tarballs, as (source, resource)
-pairs; unreadable input becomes an issue instead of an exception."""
+pairs; unreadable input becomes an issue instead of an exception.
+
+Reading is two steps, so that workers can parse: :func:`raw_inputs` yields each input's bytes,
+:func:`parse` turns bytes into JSON with the problems of the JSON itself (not UTF-8, not JSON,
+duplicate keys, NaN or Infinity, nesting too deep) as issues."""
 
 from __future__ import annotations
 
@@ -9,21 +13,73 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from procfhir.validator import messages as M
 from procfhir.validator.issues import Issue
 
 _SKIP_NAMES = {"package.json", ".index.json"}
 
 
-def _parse(data: bytes, source: str) -> tuple[Any, Issue | None]:
+class _Duplicates(list[str]):
+    """Duplicate keys met while parsing one document."""
+
+
+def _pairs_hook(dups: _Duplicates) -> Any:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen: set[str] = set()
+            for k, _ in pairs:
+                if k in seen:
+                    dups.append(k)
+                seen.add(k)
+        return out
+
+    return hook
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (FHIR JSON has no NaN or Infinity)")
+
+
+def parse(data: bytes, source: str) -> tuple[Any, list[Issue]]:
+    """(parsed JSON or None, issues of the JSON itself)."""
+    dups = _Duplicates()
     try:
-        return json.loads(data), None
+        text = data.decode("utf-8-sig")
+        res = json.loads(text, object_pairs_hook=_pairs_hook(dups), parse_constant=_no_constant)
     except UnicodeDecodeError:
-        return None, Issue("fatal", "", "not UTF-8 text, so not FHIR JSON", "structure", source=source)
+        return None, [
+            Issue(
+                "fatal",
+                "",
+                "not UTF-8 text, so not FHIR JSON",
+                "structure",
+                source=source,
+                message_id=M.JSON_NOT_UTF8,
+            )
+        ]
+    except RecursionError:
+        msg = "the JSON is nested too deeply to be read"
+        return None, [Issue("fatal", "", msg, "too-costly", source=source, message_id=M.JSON_TOO_DEEP)]
     except ValueError as exc:
-        return None, Issue("fatal", "", f"not valid JSON: {exc}", "structure", source=source)
+        mid = M.JSON_NAN if "NaN" in str(exc) else M.JSON_INVALID
+        return None, [
+            Issue("fatal", "", f"not valid JSON: {exc}", "structure", source=source, message_id=mid)
+        ]
+    if res is None:
+        msg = "the JSON is null: expected a FHIR resource (a JSON object)"
+        return None, [Issue("error", "", msg, "structure", source=source, message_id=M.RESOURCE_NOT_OBJECT)]
+    issues = []
+    where = res.get("resourceType", "") if isinstance(res, dict) else ""
+    for k in sorted(set(dups)):
+        msg = f"the JSON has the property {k!r} more than once in one object (the last one is used)"
+        issues.append(
+            Issue("error", str(where), msg, "structure", source=source, message_id=M.JSON_DUPLICATE_KEY)
+        )
+    return res, issues
 
 
-def _tgz(path: Path) -> Iterator[tuple[str, Any, Issue | None]]:
+def _tgz(path: Path) -> Iterator[tuple[str, bytes | None, Issue | None]]:
     try:
         with tarfile.open(path, "r:gz") as tar:
             members = sorted((m for m in tar if m.isfile()), key=lambda m: m.name)
@@ -34,61 +90,101 @@ def _tgz(path: Path) -> Iterator[tuple[str, Any, Issue | None]]:
                 fh = tar.extractfile(m)
                 if fh is None:
                     continue
-                src = f"{path.name}:{name}"
-                res, issue = _parse(fh.read(), src)
-                yield src, res, issue
+                yield f"{path.name}:{name}", fh.read(), None
     except (tarfile.TarError, OSError, EOFError) as exc:
+        msg = f"not a readable package tarball: {exc}"
         yield (
             str(path),
             None,
-            Issue("fatal", "", f"not a readable package tarball: {exc}", "structure", source=str(path)),
+            Issue("fatal", "", msg, "structure", source=str(path), message_id=M.TARBALL_UNREADABLE),
         )
 
 
-def read_inputs(paths: list[str]) -> Iterator[tuple[str, Any, Issue | None]]:
-    """(source name, parsed JSON or None, problem or None) for every input resource file.
+def _read(path: Path) -> tuple[bytes | None, Issue | None]:
+    try:
+        return path.read_bytes(), None
+    except OSError as exc:
+        issue = Issue(
+            "fatal", "", f"cannot read: {exc}", "exception", source=str(path), message_id=M.INPUT_UNREADABLE
+        )
+        return None, issue
 
-    In a folder, JSON files that are not FHIR resources (reports, package.json) are skipped with
-    an information issue; named files must be FHIR resources."""
+
+def _info(source: str, msg: str, mid: str) -> Issue:
+    return Issue("information", "", msg, "informational", source=source, message_id=mid)
+
+
+RawInput = tuple[str, bytes | None, Issue | None, bool]  # source, bytes, problem, found in a folder
+
+
+def raw_inputs(paths: list[str], definitions: bool = False) -> Iterator[RawInput]:
+    """(source name, bytes or None, problem or None) for every input file (folders walked,
+    tarballs opened). XML files cannot be read: a warning says so for definitions, an error
+    for resources to validate."""
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             for f in sorted(path.rglob("*")):
-                if not f.is_file() or f.name in _SKIP_NAMES or any(p.startswith(".") for p in f.parts[-1:]):
+                if not f.is_file() or f.name in _SKIP_NAMES or f.name.startswith("."):
                     continue
                 if f.suffix == ".json":
-                    res, issue = _parse(f.read_bytes(), str(f))
-                    if issue is None and not (isinstance(res, dict) and "resourceType" in res):
-                        msg = "skipped: a JSON file that is not a FHIR resource"
-                        yield str(f), None, Issue("information", "", msg, "informational", source=str(f))
-                        continue
-                    yield str(f), res, issue
+                    data, issue = _read(f)
+                    yield str(f), data, issue, True
+                elif f.suffix == ".xml":
+                    yield str(f), None, _xml(str(f), definitions, named=False), True
                 elif f.name.endswith((".tgz", ".tar.gz")):
-                    yield (
-                        str(f),
-                        None,
-                        Issue(
-                            "information",
-                            "",
-                            "skipped: a package tarball inside a folder (name it explicitly to validate it)",
-                            "informational",
-                            source=str(f),
-                        ),
-                    )
+                    msg = "skipped: a package tarball inside a folder (name it explicitly to validate it)"
+                    yield str(f), None, _info(str(f), msg, M.INPUT_SKIPPED), True
         elif path.is_file():
             if path.name.endswith((".tgz", ".tar.gz")):
-                yield from _tgz(path)
+                for source, data, issue in _tgz(path):
+                    yield source, data, issue, False
+            elif path.suffix == ".xml":
+                yield str(path), None, _xml(str(path), definitions, named=True), False
             else:
-                try:
-                    data = path.read_bytes()
-                except OSError as exc:
-                    msg = f"cannot read: {exc}"
-                    yield str(path), None, Issue("fatal", "", msg, "exception", source=str(path))
-                    continue
-                res, issue = _parse(data, str(path))
-                yield str(path), res, issue
+                data, issue = _read(path)
+                yield str(path), data, issue, False
         else:
-            yield str(path), None, Issue("fatal", "", "no such file or folder", "not-found", source=str(path))
+            issue = Issue(
+                "fatal",
+                "",
+                "no such file or folder",
+                "not-found",
+                source=str(path),
+                message_id=M.INPUT_NOT_FOUND,
+            )
+            yield str(path), None, issue, False
+
+
+def _xml(source: str, definitions: bool, named: bool) -> Issue:
+    what = "definitions (profiles, value sets) given as XML are" if definitions else "FHIR XML is"
+    msg = f"not read: {what} not supported; convert to JSON (e.g. with the HL7 validator's -convert)"
+    sev = "warning" if definitions or not named else "error"
+    return Issue(sev, "", msg, "not-supported", source=source, message_id=M.INPUT_XML_NOT_SUPPORTED)
+
+
+def read_inputs(paths: list[str], definitions: bool = False) -> Iterator[tuple[str, Any, list[Issue]]]:
+    """(source name, parsed JSON or None, problems) for every input resource file.
+
+    In a folder, JSON files that are not FHIR resources (reports, package.json) are skipped with
+    an information issue; named files must be FHIR resources."""
+    for item in raw_inputs(paths, definitions):
+        yield parse_input(item)
+
+
+def parse_input(item: RawInput) -> tuple[str, Any, list[Issue]]:
+    """:func:`parse` of one raw input; a JSON file in a folder that is no FHIR resource is skipped."""
+    source, data, issue, in_folder = item
+    if data is None:
+        return source, None, [issue] if issue else []
+    res, issues = parse(data, source)
+    if in_folder and res is not None and not (isinstance(res, dict) and "resourceType" in res):
+        return (
+            source,
+            None,
+            [_info(source, "skipped: a JSON file that is not a FHIR resource", M.INPUT_SKIPPED)],
+        )
+    return source, res, issues
 
 
 def definitions_in(resources: list[Any]) -> list[dict[str, Any]]:

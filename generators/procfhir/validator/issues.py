@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+MESSAGE_ID_EXT = "http://hl7.org/fhir/StructureDefinition/operationoutcome-message-id"
 SEVERITIES = ("fatal", "error", "warning", "information")
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
@@ -15,7 +16,9 @@ class Issue:
     """One finding: ``severity`` (fatal/error/warning/information), an OperationOutcome issue
     ``code`` (structure, required, value, invariant, code-invalid, extension, not-found, invalid,
     processing, informational, not-supported...), a FHIRPath-like ``location``, a ``message``,
-    and, for invariants, the constraint ``key``. ``source`` names the file the resource came from."""
+    and, for invariants, the constraint ``key``. ``source`` names the file the resource came from.
+    ``message_id`` is the rule's stable id (see :mod:`procfhir.validator.messages`): tests and
+    tools match it, never the wording."""
 
     severity: str
     location: str
@@ -23,6 +26,7 @@ class Issue:
     code: str = "invalid"
     key: str = ""
     source: str = field(default="", compare=False)
+    message_id: str = field(default="", compare=False)
 
     @property
     def is_error(self) -> bool:
@@ -30,11 +34,14 @@ class Issue:
 
     def to_fhir(self) -> dict[str, Any]:
         out: dict[str, Any] = {"severity": self.severity, "code": self.code, "diagnostics": self.message}
+        if self.message_id:
+            out["extension"] = [{"url": MESSAGE_ID_EXT, "valueString": self.message_id}]
         if self.key:
             out["details"] = {"text": f"[{self.key}] {self.message}"}
         loc = f"{self.source}: {self.location}" if self.source else self.location
         if self.location:
             out["expression"] = [self.location]
+        if loc:
             out["location"] = [loc]
         return out
 

@@ -1,15 +1,34 @@
 """Validate inputs (files, folders, Bundles, package tarballs) in one call: used by the CLI,
-tests and benchmarks."""
+tests and benchmarks.
+
+Two passes, so that memory stays flat on large inputs: the first reads every input for its
+definitions (resources with a canonical url: profiles, extensions, value sets...), the second
+validates one input at a time (kept from the first pass while they fit in a small budget,
+read again otherwise). ``workers`` > 1 validates in that many processes (forked after the
+definitions are known)."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from procfhir.validator import messages as M
 from procfhir.validator.definitions import DefinitionsError
 from procfhir.validator.engine import Validator
-from procfhir.validator.inputs import definitions_in, read_inputs
+from procfhir.validator.inputs import RawInput, definitions_in, parse_input, raw_inputs, read_inputs
 from procfhir.validator.issues import Issue
+
+KEEP_BYTES = 48 * 1024 * 1024  # inputs kept parsed between the passes, at most (their JSON size)
+
+
+@dataclass
+class RunResult:
+    issues: list[Issue] = field(default_factory=list)
+    resources: int = 0
+    could_not_run: bool = False  # no definitions, or not one input could be read
 
 
 def validate_paths(
@@ -17,31 +36,101 @@ def validate_paths(
     profile: str | None = None,
     definitions: list[str] | None = None,
     core_dir: Path | None = None,
+    workers: int = 1,
+    strict: bool = False,
 ) -> tuple[list[Issue], int]:
-    """(issues, number of resources validated). Resources with a url among the inputs (and in
-    ``definitions`` paths) resolve canonicals and profiles."""
-    issues: list[Issue] = []
-    loaded: list[tuple[str, Any]] = []
-    for source, res, issue in read_inputs(paths):
-        if issue is not None:
-            issues.append(issue)
-        if res is not None:
-            loaded.append((source, res))
+    """(issues, number of resources validated): see :func:`run`."""
+    result = run(paths, profile, definitions, core_dir, workers, strict)
+    return result.issues, result.resources
+
+
+def run(
+    paths: list[str],
+    profile: str | None = None,
+    definitions: list[str] | None = None,
+    core_dir: Path | None = None,
+    workers: int = 1,
+    strict: bool = False,
+) -> RunResult:
+    """Validate every resource of ``paths``. Resources with a url among the inputs (and in
+    ``definitions`` paths) resolve canonicals and profiles (core's own are not replaced)."""
+    out = RunResult()
     extra_defs: list[dict[str, Any]] = []
-    for _source, res, issue in read_inputs(definitions or []):
-        if issue is not None and issue.is_error:
-            issues.append(issue)
+    for _source, res, issues in read_inputs(definitions or [], definitions=True):
+        out.issues.extend(issues)
         if res is not None:
             extra_defs.extend(definitions_in([res]))
-    extra_defs.extend(definitions_in([r for _, r in loaded]))
     try:
-        validator = Validator(extra_definitions=extra_defs, core_dir=core_dir)
+        validator = Validator(extra_definitions=extra_defs, core_dir=core_dir, strict=strict)
     except DefinitionsError as exc:
-        issues.append(Issue("fatal", "", str(exc), "processing"))
-        return issues, 0
-    for source, res in loaded:
-        issues.extend(validator.validate(res, profile=profile, source=source))
+        out.issues.append(Issue("fatal", "", str(exc), "processing", message_id=M.DEFINITIONS_UNAVAILABLE))
+        out.could_not_run = True
+        return out
+    kept: list[tuple[str, Any, list[Issue]]] | None = []
+    size = 0
+    readable = 0
+    for item in raw_inputs(paths):
+        source, res, issues = parse_input(item)
+        if res is not None:
+            readable += 1
+            for d in definitions_in([res]):
+                if not validator.defs.is_core(d["url"]):
+                    validator.defs.add(d)
+        size += len(item[1] or b"")
+        if kept is not None and (size > KEEP_BYTES or workers > 1):
+            kept = None
+        if kept is not None:
+            kept.append((source, res, issues))
+    if workers > 1:
+        _validate_parallel(validator, paths, profile, workers, out)
+    else:
+        items = kept if kept is not None else read_inputs(paths)
+        for source, res, issues in items:
+            out.issues.extend(issues)
+            if res is not None:
+                out.resources += 1
+                out.issues.extend(validator.validate(res, profile=profile, source=source))
+    out.could_not_run = readable == 0 and any(i.severity == "fatal" for i in out.issues)
     from procfhir.validator.invariants import save_ast_cache
 
     save_ast_cache()
-    return issues, len(loaded)
+    return out
+
+
+# ---------------------------------------------------------------- workers
+_WORKER: tuple[Validator, str | None] | None = None
+
+
+def _work(item: RawInput) -> tuple[int, list[Issue]]:
+    assert _WORKER is not None
+    validator, profile = _WORKER
+    source, res, issues = parse_input(item)
+    if res is None:
+        return 0, issues
+    return 1, issues + validator.validate(res, profile=profile, source=source)
+
+
+def _validate_parallel(
+    validator: Validator, paths: list[str], profile: str | None, workers: int, out: RunResult
+) -> None:
+    global _WORKER
+    _WORKER = (validator, profile)
+    try:
+        ctx = multiprocessing.get_context("fork")
+    except ValueError:  # no fork on this platform: one process
+        ctx = None
+    if ctx is None:
+        for item in raw_inputs(paths):
+            n, issues = _work(item)
+            out.resources += n
+            out.issues.extend(issues)
+        return
+    with ctx.Pool(workers) as pool:
+        for n, issues in pool.imap_unordered(_work, raw_inputs(paths), chunksize=4):
+            out.resources += n
+            out.issues.extend(issues)
+    _WORKER = None
+
+
+def default_workers() -> int:
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 8))

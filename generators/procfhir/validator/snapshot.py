@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -62,8 +63,69 @@ def _retarget(elements: list[dict[str, Any]], old_prefix: str, new_id: str, new_
     return out
 
 
-def generate_snapshot(sd: dict[str, Any], defs: Definitions) -> dict[str, Any]:
-    """Return a copy of ``sd`` with ``snapshot`` computed from ``differential`` and the base."""
+def _choice_renamed(eid: str, diff: dict[str, Any], index: dict[str, int]) -> tuple[str, dict[str, Any]]:
+    """A type-specific choice name (``Observation.valueQuantity``) as the base's choice element
+    (``Observation.value[x]``) restricted to that type, as the HL7 snapshot generator reads it."""
+    parts = eid.split(".")
+    for i in range(1, len(parts)):
+        name, sep, slice_part = parts[i].partition(":")
+        prefix = ".".join(parts[:i])
+        if f"{prefix}.{name}" in index:
+            continue
+        m = re.fullmatch(r"([a-z][A-Za-z0-9]*?)([A-Z][A-Za-z0-9]*)", name)
+        if m and f"{prefix}.{m.group(1)}[x]" in index:
+            tcode = m.group(2)
+            tcode = tcode if tcode[1:2].isupper() or tcode in _COMPLEX_HINT else tcode[:1].lower() + tcode[1:]
+            parts[i] = f"{m.group(1)}[x]{sep}{slice_part}"
+            if i == len(parts) - 1 and "type" not in diff:
+                diff = {**diff, "type": [{"code": tcode}]}
+            break
+    return ".".join(parts), diff
+
+
+# choice type names that stay capitalised (complex types); others are primitives (valueString -> string)
+_COMPLEX_HINT = {
+    "Address",
+    "Age",
+    "Annotation",
+    "Attachment",
+    "CodeableConcept",
+    "Coding",
+    "ContactPoint",
+    "Count",
+    "Distance",
+    "Duration",
+    "HumanName",
+    "Identifier",
+    "Money",
+    "Period",
+    "Quantity",
+    "Range",
+    "Ratio",
+    "Reference",
+    "SampledData",
+    "Signature",
+    "Timing",
+    "ContactDetail",
+    "Contributor",
+    "DataRequirement",
+    "Expression",
+    "ParameterDefinition",
+    "RelatedArtifact",
+    "TriggerDefinition",
+    "UsageContext",
+    "Dosage",
+    "Meta",
+}
+
+
+def generate_snapshot(
+    sd: dict[str, Any], defs: Definitions, order_problems: list[str] | None = None
+) -> dict[str, Any]:
+    """Return a copy of ``sd`` with ``snapshot`` computed from ``differential`` and the base.
+
+    Differential elements out of the base's order are applied by id (as the HL7 snapshot
+    generator accepts them); each is described in ``order_problems`` when a list is given."""
     url = sd.get("url", "?")
     base_url = sd.get("baseDefinition")
     if not base_url:
@@ -123,13 +185,21 @@ def generate_snapshot(sd: dict[str, Any], defs: Definitions) -> dict[str, Any]:
         name, _, slice_name = last.partition(":")
         if slice_name and "." not in slice_name:
             base_id = f"{parent_id}.{name}" if parent_id else name
+            if "/" in slice_name:  # re-slicing: based on the slice being re-sliced
+                base_id = f"{base_id}:{slice_name.rsplit('/', 1)[0]}"
             ensure(base_id)
             new = copy.deepcopy(elements[index[base_id]])
             new.pop("slicing", None)
             new["id"] = eid
             new["sliceName"] = slice_name
+            # the slice's children: those of the sliced element (Bundle.entry:x.resource)
+            kids = []
+            for e in elements[index[base_id] + 1 : end_of(base_id, with_slices=False)]:
+                kid = copy.deepcopy(e)
+                kid["id"] = eid + (e.get("id") or e["path"])[len(base_id) :]
+                kids.append(kid)
             pos = end_of(base_id, with_slices=True)
-            elements.insert(pos, new)
+            elements[pos:pos] = [new, *kids]
             reindex()
             return
         if not parent_id:
@@ -147,11 +217,11 @@ def generate_snapshot(sd: dict[str, Any], defs: Definitions) -> dict[str, Any]:
             raise SnapshotError(f"{url}: differential element without id/path")
         if "sliceName" in diff and ":" not in eid.rsplit(".", 1)[-1]:
             eid = f"{eid}:{diff['sliceName']}"
+        eid, diff = _choice_renamed(eid, diff, index)
         ensure(eid)
-        if previous is not None and index[eid] < index[previous]:
-            raise SnapshotError(
-                f"{url}: differential element {eid} comes before {previous} in the base: "
-                "differential elements must follow the base's element order"
+        if previous is not None and index[eid] < index[previous] and order_problems is not None:
+            order_problems.append(
+                f"differential element {eid} comes before {previous} in the base (applied by id all the same)"
             )
         previous = eid
         _merge(elements[index[eid]], diff)

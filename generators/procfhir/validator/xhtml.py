@@ -112,8 +112,10 @@ _DECL = re.compile(r"<!(DOCTYPE|ENTITY|ELEMENT|ATTLIST)", re.I)
 _XML_NS = "{http://www.w3.org/XML/1998/namespace}"
 
 
-def check_div(div: str) -> list[tuple[str, str]]:
-    """Problems of one Narrative.div value, as (message, issue code) pairs."""
+def check_div(div: str, strict: bool = False) -> list[tuple[str, str]]:
+    """Problems of one Narrative.div value, as (message, issue code) pairs. R4's rules allow
+    external images and ``data:`` URLs in styles; ``strict`` (our package's policy) forbids
+    external images and external style resources (issue code ``policy``)."""
     if _DECL.search(div):
         return [("the narrative must not contain a DOCTYPE or entity/element declarations", "security")]
     if "<?" in div:
@@ -177,17 +179,19 @@ def check_div(div: str) -> list[tuple[str, str]]:
                 continue
             if name in ("href", "src", "cite", "longdesc") and _DANGEROUS_URL.match(value):
                 out.append((f"{name}={value[:40]!r} on <{local}>: script URLs are not allowed", "security"))
-            elif local == "img" and name == "src" and not value.startswith(("#", "data:")):
+            elif strict and local == "img" and name == "src" and not value.startswith(("#", "data:")):
                 out.append(
                     (
                         f"<img src={value[:60]!r}>: images must be local (#id of a contained resource) "
-                        "or data: URIs, not external references",
-                        "security",
+                        "or data: URIs, not external references (our package's policy)",
+                        "policy",
                     )
                 )
-            elif name == "style" and re.search(r"url\s*\(|expression\s*\(|@import", value, re.I):
+            elif name == "style" and re.search(r"expression\s*\(|javascript:", value, re.I):
+                out.append((f"style on <{local}> runs a script: not allowed", "security"))
+            elif strict and name == "style" and re.search(r"url\s*\((?!\s*['\"]?data:)|@import", value, re.I):
                 out.append(
-                    (f"style on <{local}> loads an external resource or script: not allowed", "security")
+                    (f"style on <{local}> loads an external resource (our package's policy)", "policy")
                 )
     if not has_content:
         out.append(("the narrative has no non-whitespace content (txt-2)", "invariant"))
