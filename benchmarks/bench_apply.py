@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from procfhir.apply.samples import write_ndjson  # noqa: E402
+from tests.apply_samples import write_ndjson  # noqa: E402
 
 
 def run(n: int, workdir: Path, workers: int) -> dict[str, float]:

@@ -11,18 +11,41 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from procfhir.apply import Applier, ApplyError, NotApplicable, apply, complete_procedure, load_plan
+from procfhir.apply import Applier, ApplyError, KnowledgeError, NotApplicable, complete_procedure, load_plan
 from procfhir.apply.engine import Plan
 from procfhir.apply.knowledge import load_knowledge
 from procfhir.apply.resources import Builder
-from procfhir.apply.samples import sample_contexts
-from procfhir.builders.consent import consent_form_html, consent_narrative
 from procfhir.cli import main
+from tests import apply_packages as pk
+from tests.apply_samples import sample_contexts
 
 FIXTURES = Path(__file__).parent / "fixtures" / "apply"
 SCT = "http://snomed.info/sct"
 CPT = "http://www.ama-assn.org/go/cpt"
 COPD = {"system": SCT, "code": "13645005"}
+PLAN_URL = "https://fhir.example.org/procedures/PlanDefinition/vertebral-augmentation"
+TEST_PLAN_URL = "https://fhir.example.org/procedures/PlanDefinition/apply-test"
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    """The vertebroplasty package as FHIR resources with the plan's declarations (a folder)."""
+    return pk.write_folder(pk.vertebral_package(), tmp_path_factory.mktemp("vertebral") / "fhir")
+
+
+@pytest.fixture(scope="module")
+def va(package) -> Applier:
+    return Applier(load_plan(package))
+
+
+@pytest.fixture(scope="module")
+def generic_dir(tmp_path_factory) -> Path:
+    return pk.write_folder(pk.generic_package(), tmp_path_factory.mktemp("generic") / "fhir")
+
+
+@pytest.fixture(scope="module")
+def gen(generic_dir) -> Applier:
+    return Applier(load_plan(generic_dir))
 
 
 def context(**changes) -> dict:
@@ -58,6 +81,14 @@ def validator():
     return Validator(extra_definitions=build(write=False, validate=False).resources)
 
 
+@pytest.fixture(scope="module")
+def gen_validator():
+    from procfhir.build import build
+    from procfhir.validator import Validator
+
+    return Validator(extra_definitions=build(write=False, validate=False).resources + pk.generic_package())
+
+
 def assert_valid(validator, resources: list[dict]) -> None:
     from fhir.resources.R4B import get_fhir_model_class
 
@@ -74,13 +105,12 @@ def by_type(resources: list[dict], rtype: str) -> list[dict]:
     return [r for r in resources if r["resourceType"] == rtype]
 
 
-def test_kyphoplasty_two_levels(validator):
-    result = apply(context())
+def test_kyphoplasty_two_levels(va, validator):
+    result = va.apply(context())
     res = result.resources
     assert [r["resourceType"] for r in res][:2] == ["CarePlan", "RequestGroup"]
-    plan_url = "https://fhir.example.org/procedures/PlanDefinition/vertebral-augmentation"
     careplan, rg = res[0], res[1]
-    assert careplan["instantiatesCanonical"] == [plan_url] and careplan["status"] == "draft"
+    assert careplan["instantiatesCanonical"] == [PLAN_URL] and careplan["status"] == "draft"
     assert careplan["activity"][0]["reference"]["reference"] == f"RequestGroup/{rg['id']}"
     # the RequestGroup mirrors the selected actions: the chosen technique only, with its steps
     technique = rg["action"][0]
@@ -108,8 +138,9 @@ def test_kyphoplasty_two_levels(validator):
     assert proc_sr["occurrenceDateTime"] == "2026-12-01"
     assert proc_sr["orderDetail"] == [{"text": "2 needle(s) per treated level: 4 needle(s) in all"}]
     assert [b["coding"][0]["code"] for b in proc_sr["bodySite"]] == ["23215003", "66794005"]  # T12, L1
-    cpt = [c["code"] for c in proc_sr["code"]["coding"] if c["system"] == CPT]
-    assert cpt == ["22513"]  # first level T12: thoracic
+    # codes by body region: the first level's (T12: thoracic), the add-on for the second level
+    cpt = [c for c in proc_sr["code"]["coding"] if c["system"] == CPT]
+    assert [c["code"] for c in cpt] == ["22513", "22515"] and not any("extension" in c for c in cpt)
     antibiotic = srs[steps[1]["resource"]["reference"].split("/")[1]]
     assert (
         antibiotic["code"]["coding"][0]["code"] == "antibiotic-prophylaxis" and "bodySite" not in antibiotic
@@ -123,44 +154,59 @@ def test_kyphoplasty_two_levels(validator):
     assert consent["organization"] == [{"reference": "Organization/example-apply-hospital"}]
     assert consent["dateTime"] == "2026-12-01"
     assert [c["coding"][0]["code"] for c in consent["provision"]["code"]] == ["kyphoplasty"]
-    template = load_plan().k.consent_template
+    template = va.plan.k.consent_template
     assert consent["extension"] == template["extension"] and len(consent["extension"]) >= 5
     html = base64.b64decode(consent["sourceAttachment"]["data"]).decode()
-    assert "Jane O&#x27;Brien" in html and "Kyphoplasty" in html and "T12, L1" in html
+    assert "Jane O&#x27;Brien" in html and "<strong>Kyphoplasty</strong>" in html
+    assert "<p>Vertebral level(s) to be treated: <strong>T12, L1</strong></p>" in html
     proc = by_type(res, "Procedure")[0]
-    assert proc["status"] == "preparation" and proc["instantiatesCanonical"] == [plan_url]
+    assert proc["status"] == "preparation" and proc["instantiatesCanonical"] == [PLAN_URL]
     assert proc["basedOn"] == [{"reference": f"ServiceRequest/{proc_sr['id']}"}]
     assert proc["bodySite"] == proc_sr["bodySite"] and proc["code"] == proc_sr["code"]
     assert proc["meta"]["profile"][0].endswith("/StructureDefinition/vertebral-augmentation-procedure")
     assert_valid(validator, res)
 
 
-def test_vertebroplasty_lumbar_one_needle():
-    res = apply(context(technique="vertebroplasty", levels=["L2", "L3"])).resources
-    proc = by_type(res, "Procedure")[0]
-    assert [c["code"] for c in proc["code"]["coding"] if c["system"] == CPT] == ["22511"]  # lumbosacral
-    sr = next(r for r in by_type(res, "ServiceRequest") if r.get("bodySite"))
+def test_codes_by_region_follow_the_first_site(va):
+    def cpt(technique: str, sites: list[str]) -> list[str]:
+        proc = va.apply(context(technique=technique, sites=sites)).procedure
+        return [c["code"] for c in proc["code"]["coding"] if c["system"] == CPT]
+
+    assert cpt("vertebroplasty", ["L2", "L3"]) == ["22511", "22512"]  # lumbosacral + each additional
+    assert cpt("vertebroplasty", ["T11"]) == ["22510"]
+    assert cpt("kyphoplasty", ["L5"]) == ["22514"]
+    sr = next(
+        r
+        for r in va.apply(context(technique="vertebroplasty", sites=["L2", "L3"])).resources
+        if r.get("bodySite")
+    )
     assert sr["orderDetail"] == [{"text": "1 needle(s) per treated level: 2 needle(s) in all"}]
 
 
-def test_no_indication_says_which_conditions_were_checked():
+def test_no_indication_says_which_conditions_were_checked(va):
     osteoporosis = condition("example-apply-osteoporosis", {"system": SCT, "code": "64859006"})
     refuted = condition("example-apply-refuted", {"system": SCT, "code": "42942008"}, status="refuted")
     for conditions in ([], [osteoporosis], [refuted]):
         with pytest.raises(NotApplicable) as err:
-            apply(context(conditions=conditions))
+            va.apply(context(conditions=conditions))
         msg = str(err.value)
-        assert "does not apply" in msg and "not met: HasIndication" in msg
-        assert "Conditions checked" in msg and "The patient has one of the indications" in msg
+        assert (
+            "does not apply" in msg
+            and "not met: HasIndication (The patient has one of the indications" in msg
+        )
+        assert "Conditions checked" in msg
         assert [c.name for c in err.value.failed] == ["HasIndication"]
 
 
-def test_lung_disease_level_limit_and_preference(validator):
+def test_lung_disease_level_limit_and_preference(va, validator):
     with pytest.raises(NotApplicable) as err:
-        apply(with_copd(context(levels=["T12", "L1", "L2"])))
+        va.apply(with_copd(context(sites=["T12", "L1", "L2"])))
     assert [c.name for c in err.value.failed] == ["LungDiseaseLevelLimit"]
-    assert "no more than 2 levels" in str(err.value)
-    two = apply(with_copd(context()))
+    words = err.value.failed[0].description  # the text's own words are the refusal
+    assert "no more than 2 levels" in words and f"LungDiseaseLevelLimit ({words.rstrip('.')})" in str(
+        err.value
+    )
+    two = va.apply(with_copd(context()))
     assert two.warnings == ["Severe lung disease such as COPD: one level at a time is preferred."]
     rg = two.resources[1]
     warning = next(a for a in rg["action"] if a["id"] == "lung-disease-level-limit-preference")
@@ -169,32 +215,32 @@ def test_lung_disease_level_limit_and_preference(validator):
     assert warning["resource"]["reference"] == f"CommunicationRequest/{comm['id']}"
     assert comm["payload"][0]["contentString"] == two.warnings[0] and comm["priority"] == "urgent"
     assert_valid(validator, two.resources)
-    one = apply(with_copd(context(levels=["L1"])))
+    one = va.apply(with_copd(context(sites=["L1"])))
     assert one.warnings == [] and not by_type(one.resources, "CommunicationRequest")
     # three levels without lung disease are fine
-    assert apply(context(levels=["T12", "L1", "L2"])).warnings == []
+    assert va.apply(context(sites=["T12", "L1", "L2"])).warnings == []
 
 
-def test_rules_come_from_the_plans_expressions():
-    k = load_knowledge()
+def test_rules_come_from_the_plans_expressions(va):
+    k = va.plan.k
     k = dataclasses.replace(k, plan=copy.deepcopy(k.plan))
     limit = k.plan["action"][0]["condition"][1]["expression"]
     assert limit["expression"].endswith("<= 2")
     limit["expression"] = limit["expression"][: -len("<= 2")] + "<= 3"
-    applier = Applier(Plan(k))
-    assert applier.apply(with_copd(context(levels=["T12", "L1", "L2"]))).resources
+    assert Applier(Plan(k)).apply(with_copd(context(sites=["T12", "L1", "L2"]))).resources
     with pytest.raises(NotApplicable):
-        apply(with_copd(context(levels=["T12", "L1", "L2"])))
+        va.apply(with_copd(context(sites=["T12", "L1", "L2"])))
 
 
 @pytest.mark.parametrize(
     ("changes", "field", "words"),
     [
-        ({"levels": ["X1"]}, "levels[0]", "not a vertebral level"),
-        ({"levels": ["T13"]}, "levels[0]", "there is no T13"),
-        ({"levels": ["T4"]}, "levels[0]", "not among the levels this plan treats"),
-        ({"levels": ["L1", "l1"]}, "levels[1]", "listed twice"),
-        ({"levels": []}, "levels", "missing"),
+        ({"sites": ["X1"]}, "sites[0]", "'X1' is not among the body sites of the plan"),
+        ({"sites": ["T4"]}, "sites[0]", "value set vertebral-levels: T11, T12, L1"),
+        ({"sites": [{"system": SCT, "code": "1"}]}, "sites[0]", "http://snomed.info/sct|1 is not among"),
+        ({"sites": ["L1", "l1"]}, "sites[1]", "listed twice"),
+        ({"sites": []}, "sites", "missing"),
+        ({"sites": "L1"}, "sites", "expected a list"),
         ({"technique": "cementoplasty"}, "technique", "unknown technique 'cementoplasty'"),
         ({"technique": None}, "technique", "missing"),
         ({"patient": None}, "patient", "missing"),
@@ -205,41 +251,54 @@ def test_rules_come_from_the_plans_expressions():
         ({"performer": "Organization/x"}, "performer", "not a reference to a Practitioner"),
         ({"organization": None}, "organization", "missing"),
         ({"colour": "blue"}, "colour", "unknown field"),
+        ({"medications": [{"resourceType": "Condition"}]}, "medications[0]", "not a MedicationStatement"),
+        ({"priorProcedures": [{"resourceType": "Procedure", "status": "completed"}]},
+         "priorProcedures[0].performed", "needs its date"),
     ],
-)
-def test_bad_input_names_the_field(changes, field, words):
+)  # fmt: skip
+def test_bad_input_names_the_field(va, changes, field, words):
     with pytest.raises(ApplyError) as err:
-        apply(context(**changes))
+        va.apply(context(**changes))
     assert err.value.field == field
     assert words in str(err.value)
 
 
-def test_condition_of_another_patient_is_refused():
+def test_sites_by_code_display_or_coding(va):
+    base = va.apply(context()).resources
+    for sites in (
+        ["23215003", "66794005"],
+        ["T12 vertebra", "l1"],
+        [{"system": SCT, "code": "23215003"}, "L1"],
+    ):
+        assert va.apply(context(sites=sites)).resources == base
+
+
+def test_condition_of_another_patient_is_refused(va):
     other = condition("example-apply-other", {"system": SCT, "code": "42942008"})
     other["subject"] = {"reference": "Patient/someone-else"}
     with pytest.raises(ApplyError) as err:
-        apply(context(conditions=[other]))
+        va.apply(context(conditions=[other]))
     assert err.value.field == "conditions[0].subject"
 
 
-def test_bundle_input_gives_the_same_resources():
+def test_bundle_input_gives_the_same_resources(va):
     bundle = json.loads((FIXTURES / "context-kyphoplasty-bundle.json").read_text(encoding="utf-8"))
-    assert apply(bundle).resources == apply(context()).resources
+    assert va.apply(bundle).resources == va.apply(context()).resources
 
 
-def test_ids_are_deterministic():
-    a, b = apply(context()).resources, apply(context()).resources
+def test_ids_are_deterministic(va):
+    a, b = va.apply(context()).resources, va.apply(context()).resources
     assert a == b
-    other = apply(context(id="example-context-2")).resources
+    other = va.apply(context(id="example-context-2")).resources
     assert {r["id"] for r in a}.isdisjoint(r["id"] for r in other)
     anonymous = context()
     del anonymous["id"]
-    assert apply(anonymous).resources == apply(copy.deepcopy(anonymous)).resources
+    assert va.apply(anonymous).resources == va.apply(copy.deepcopy(anonymous)).resources
     assert len({r["id"] for r in a}) == len(a)
 
 
-def test_compiled_and_memo_give_the_same_results_as_plain_fhirpathpy():
-    k = load_knowledge()
+def test_compiled_and_memo_give_the_same_results_as_plain_fhirpathpy(va):
+    k = va.plan.k
     plain = Applier(Plan(k, memo=False, compiled=False))
     memo = Applier(Plan(k, memo=True, compiled=False))
     fast = Applier(Plan(k))
@@ -260,25 +319,33 @@ def test_compiled_and_memo_give_the_same_results_as_plain_fhirpathpy():
     assert fast.plan.evaluator.compiled > 1000 and fast.plan.evaluator.fallbacks == 0
 
 
-def test_consent_texts_equal_a_direct_rendering():
-    builder = Builder(load_plan())
-    m = builder.m
-    for name, levels in [("Jane O'Brien", ["T12", "L1"]), ('<b>Zoë & "Co"</b>', ["L5"])]:
-        form, div = builder._consent_texts("vertebroplasty", name, levels)
-        assert form == consent_form_html(m, ["vertebroplasty"], name, levels)
+def test_consent_texts_equal_the_builders_rendering(va):
+    """The patient's form, made from the Consent template alone, is the form the build renders."""
+    from procfhir.build import load_mappings
+    from procfhir.builders.consent import consent_form_html, consent_narrative
+    from procfhir.config import load_config
+
+    m = load_mappings(load_config())[0]
+    consent = Builder(va.plan).consent
+    assert consent is not None
+    for name, sites in [("Jane O'Brien", ["T12", "L1"]), ('<b>Zoë & "Co"</b>', ["L5"])]:
+        form, div, _ = consent.texts("vertebroplasty", name, sites)
+        assert form == consent_form_html(m, ["vertebroplasty"], name, sites)
         assert div == consent_narrative(m, ["vertebroplasty"], name)["div"]
 
 
-def test_complete_procedure_meets_us_core(validator):
+def test_complete_procedure_meets_us_core(va, validator):
     import fhirpathpy
 
-    planned = apply(context()).procedure
+    planned = va.apply(context()).procedure
     done = complete_procedure(
-        planned, "2026-12-01T10:30:00+01:00", "PMMA bone cement, 4 mL", ["cement-leakage", "59282003"]
-    )
+        planned, "2026-12-01T10:30:00+01:00", "PMMA bone cement, 4 mL", ["cement-leakage", "59282003"],
+        plan=va.plan,
+    )  # fmt: skip
     assert planned["status"] == "preparation"  # not modified
     assert done["status"] == "completed" and done["performedDateTime"] == "2026-12-01T10:30:00+01:00"
-    assert done["usedCode"][0]["coding"][0]["code"] == "bone-cement"
+    # the words are coded as the technique's one material (uses-material), nothing built in
+    assert done["usedCode"][0]["coding"] == va.plan.materials["kyphoplasty"][0]["coding"]
     assert done["usedCode"][0]["text"] == "PMMA bone cement, 4 mL"
     assert [c["coding"][0]["code"] for c in done["complication"]] == ["cement-leakage", "59282003"]
     # US Core Procedure: status, code, subject required; us-core-7 performed when completed
@@ -288,36 +355,41 @@ def test_complete_procedure_meets_us_core(validator):
         done, "(status='completed' or status='in-progress') implies performed.exists()"
     )
     assert_valid(validator, [done])
-    period = complete_procedure(planned, ("2026-12-01T10:00:00+01:00", "2026-12-01T10:40:00+01:00"))
+    period = complete_procedure(
+        planned, ("2026-12-01T10:00:00+01:00", "2026-12-01T10:40:00+01:00"), plan=va.plan
+    )
     assert period["performedPeriod"]["end"] == "2026-12-01T10:40:00+01:00"
     assert period["outcome"] == {"text": "No complication observed"} and "complication" not in period
     assert_valid(validator, [period])
-    with pytest.raises(ApplyError, match="complications\\[0\\]"):
-        complete_procedure(planned, "2026-12-01T10:30:00+01:00", complications=["headache"])
+    with pytest.raises(
+        ApplyError, match="complications\\[0\\]: 'headache' is not in the plan's complications"
+    ):
+        complete_procedure(planned, "2026-12-01T10:30:00+01:00", complications=["headache"], plan=va.plan)
     with pytest.raises(ApplyError, match="performed"):
-        complete_procedure(planned, "2026-12-01")
+        complete_procedure(planned, "2026-12-01", plan=va.plan)
     with pytest.raises(ApplyError, match="procedure.status"):
-        complete_procedure(done, "2026-12-01T10:30:00+01:00")
+        complete_procedure(done, "2026-12-01T10:30:00+01:00", plan=va.plan)
 
 
-def test_cli_single_context(tmp_path):
+def test_cli_single_context(package, tmp_path):
     runner = CliRunner()
     out = tmp_path / "bundle.json"
-    r = runner.invoke(main, ["apply", str(FIXTURES / "context-kyphoplasty.json"), "--out", str(out)])
+    fixture = str(FIXTURES / "context-kyphoplasty.json")
+    r = runner.invoke(main, ["apply", "--package", str(package), fixture, "--out", str(out)])
     assert r.exit_code == 0, r.output
     bundle = json.loads(out.read_text())
-    assert [e["resource"] for e in bundle["entry"]] == apply(context()).resources
+    assert [e["resource"] for e in bundle["entry"]] == Applier(load_plan(package)).apply(context()).resources
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(context(levels=["L1", "L1"])))
+    bad.write_text(json.dumps(context(sites=["L1", "L1"])))
     out2 = tmp_path / "nothing.json"
-    r = runner.invoke(main, ["apply", str(bad), "--out", str(out2)])
-    assert r.exit_code == 1 and "levels[1]: L1 is listed twice" in r.output and "Traceback" not in r.output
+    r = runner.invoke(main, ["apply", "--package", str(package), str(bad), "--out", str(out2)])
+    assert r.exit_code == 1 and "sites[1]: L1 is listed twice" in r.output and "Traceback" not in r.output
     assert not out2.exists() and sorted(tmp_path.iterdir()) == sorted([out, bad])  # nothing written
-    r = runner.invoke(main, ["apply", str(tmp_path / "missing.json")])
+    r = runner.invoke(main, ["apply", "--package", str(package), str(tmp_path / "missing.json")])
     assert r.exit_code == 1 and "no such file" in r.output
 
 
-def test_batch_of_1000_validates_and_reports_failures(tmp_path, validator):
+def test_batch_of_1000_validates_and_reports_failures(package, tmp_path, validator):
     src = tmp_path / "contexts.ndjson"
     with open(src, "w", encoding="utf-8") as f:
         for i, ctx in enumerate(sample_contexts(1000, seed=3, bad_every=50)):
@@ -325,7 +397,8 @@ def test_batch_of_1000_validates_and_reports_failures(tmp_path, validator):
             if i == 10:
                 f.write("{not json\n")  # line 12
     out = tmp_path / "out"
-    r = CliRunner().invoke(main, ["apply", "--batch", str(src), "--out", str(out)])
+    args = ["apply", "--package", str(package), "--batch", str(src), "--out", str(out)]
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 1, r.output  # some contexts failed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["contexts"] == 1001 and summary["failed"] == 21 and summary["applied"] == 980
@@ -338,7 +411,7 @@ def test_batch_of_1000_validates_and_reports_failures(tmp_path, validator):
     for words in (
         "HasIndication",
         "LungDiseaseLevelLimit",
-        "no L7",
+        "'L7' is not among the body sites",
         "listed twice",
         "unknown technique",
         "patient",
@@ -353,19 +426,218 @@ def test_batch_of_1000_validates_and_reports_failures(tmp_path, validator):
     assert len(by_type(resources, "Procedure")) == 980 == summary["resources"]["Procedure"]
     assert_valid(validator, resources)
     # a second run refuses to overwrite, with --overwrite gives identical files
-    r = CliRunner().invoke(main, ["apply", "--batch", str(src), "--out", str(out)])
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 2 and "--overwrite" in r.output
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    r = CliRunner().invoke(
-        main, ["apply", "--batch", str(src), "--out", str(out), "--overwrite", "--workers", "2"]
-    )
+    r = CliRunner().invoke(main, [*args, "--overwrite", "--workers", "2"])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
-def test_package_dir_gives_the_same_plan(tmp_path):
-    from procfhir.build import build
+# -- the package as FHIR: folder, .tgz, Bundle; plan selection ------------------------------------
 
-    build(out_dir=tmp_path / "pkg", validate=False)
-    from_pkg = Applier(load_plan(tmp_path / "pkg")).apply(context())
-    assert from_pkg.resources == apply(context()).resources
+
+def _outputs(package: Path | str, plan: str | None, contexts: list[dict]) -> list:
+    applier = Applier(load_plan(package, plan))
+    return [applier.apply(c).resources for c in contexts]
+
+
+def test_folder_tgz_and_bundle_give_the_same_output(tmp_path):
+    resources = pk.vertebral_package() + pk.generic_package()
+    folder = pk.write_folder(resources, tmp_path / "folder")
+    tgz = pk.write_tgz(resources, tmp_path / "package.tgz")
+    bundle = pk.write_bundle(resources, tmp_path / "bundle.json")
+    vertebral = [context(), with_copd(context(technique="vertebroplasty", sites=["L1"]))]
+    generic = [pk.generic_context(), pk.generic_context(pid="p2", medications=[pk.medication("p2")])]
+    for plan, contexts in ((PLAN_URL, vertebral), (TEST_PLAN_URL, generic)):
+        expected = _outputs(folder, plan, contexts)
+        assert _outputs(tgz, plan, contexts) == expected
+        assert _outputs(bundle, plan, contexts) == expected
+        assert _outputs(bundle, plan + "|0.1.0", contexts) == expected
+
+
+def test_the_committed_package_files_agree():
+    """fhir/ as a folder, as its NPM package and as its Bundle: one plan, the same output."""
+    fhir = Path(__file__).resolve().parent.parent / "fhir"
+    tgz = next(fhir.glob("*.tgz"))
+    expected = _outputs(fhir, None, [context()])
+    assert _outputs(tgz, None, [context()]) == expected
+    assert _outputs(fhir / "bundle.json", None, [context()]) == expected
+
+
+def test_plan_selection_errors_are_clear(tmp_path):
+    both = pk.write_folder(pk.vertebral_package() + pk.generic_package(), tmp_path / "both")
+    with pytest.raises(KnowledgeError) as err:
+        load_knowledge(both)
+    msg = str(err.value)
+    assert "2 PlanDefinitions; choose one with --plan URL" in msg
+    assert f"{PLAN_URL}|0.1.0 (Vertebroplasty and kyphoplasty)" in msg and TEST_PLAN_URL in msg
+    with pytest.raises(KnowledgeError, match="no PlanDefinition https://example.org/x \\(available: "):
+        load_knowledge(both, "https://example.org/x")
+    with pytest.raises(KnowledgeError, match="no PlanDefinition .*\\|9.9.9"):
+        load_knowledge(both, PLAN_URL + "|9.9.9")
+    assert load_knowledge(both, "apply-test").plan["url"] == TEST_PLAN_URL  # by id too
+    runner = CliRunner()
+    ctx = tmp_path / "ctx.json"
+    ctx.write_text(json.dumps(context()))
+    r = runner.invoke(main, ["apply", "--package", str(both), str(ctx)])
+    assert r.exit_code == 1 and "choose one with --plan URL" in r.output and "Traceback" not in r.output
+    r = runner.invoke(main, ["apply", "--package", str(both), "--plan", PLAN_URL, str(ctx)])
+    assert r.exit_code == 0, r.output
+    for bad, words in (
+        (tmp_path / "none", "no such package"),
+        (tmp_path / "ctx.json", "expected a FHIR Bundle"),
+    ):
+        r = runner.invoke(main, ["apply", "--package", str(bad), str(ctx)])
+        assert r.exit_code == 1 and words in r.output and "Traceback" not in r.output
+    broken = pk.vertebral_package()
+    next(r for r in broken if r["resourceType"] == "PlanDefinition")["action"][0]["action"][0][
+        "definitionCanonical"
+    ] = "https://example.org/ActivityDefinition/missing"
+    with pytest.raises(
+        KnowledgeError, match="definitionCanonical https://example.org/ActivityDefinition/missing"
+    ):
+        load_knowledge(pk.write_folder(broken, tmp_path / "broken"))
+
+
+# -- a plan of another kind: every rule of the contract -------------------------------------------
+
+
+def _kinds(result) -> list[str]:
+    return [r["resourceType"] for r in result.resources]
+
+
+def test_conditional_step_appears_exactly_for_the_patients_it_concerns(gen):
+    def has_step(**changes) -> bool:
+        result = gen.apply(pk.generic_context(**changes))
+        step = [r for r in result.resources if r["resourceType"] == "MedicationRequest"]
+        ids = {a["id"] for rg in result.of_type("RequestGroup") for a in _walk(rg["action"])}
+        assert bool(step) == ("stop-med" in ids)
+        return bool(step)
+
+    assert not has_step()
+    assert has_step(medications=[pk.medication("gen-patient")])
+    assert has_step(medications=[pk.medication("gen-patient", status="on-hold")])
+    assert not has_step(medications=[pk.medication("gen-patient", status="stopped")])
+    assert not has_step(medications=[pk.medication("gen-patient", code="other")])
+    mr = gen.apply(pk.generic_context(medications=[pk.medication("gen-patient")])).of_type(
+        "MedicationRequest"
+    )[0]
+    assert mr["medicationCodeableConcept"]["coding"][0]["code"] == "stop-med"
+    assert mr["instantiatesCanonical"] == ["https://fhir.example.org/procedures/ActivityDefinition/stop-med"]
+
+
+def _walk(actions: list[dict]) -> list[dict]:
+    return [x for a in actions for x in (a, *_walk(a.get("action", [])))]
+
+
+@pytest.mark.parametrize(
+    ("dates", "refused"),
+    [
+        ([], None),
+        (["2025-11-30"], None),  # more than a year and 3 months ago
+        (["2026-09-15"], "MinInterval"),  # less than 3 months before 2026-12-01
+        (["2026-09-02T10:00:00+02:00"], "MinInterval"),  # a dateTime is cut to its date
+        (["2026-09-01"], None),  # 3 months exactly: fine
+        (["2026-01-10", "2026-06-01"], "RepetitionsPerYear"),  # 2 in the last year: a third is refused
+        (["2025-11-01", "2026-06-01"], None),  # one of them more than a year ago
+    ],
+)
+def test_limits_are_refused_with_the_texts_words(gen, dates, refused):
+    prior = [pk.prior("gen-patient", d, i) for i, d in enumerate(dates)]
+    ctx = pk.generic_context(priorProcedures=prior)
+    if refused is None:
+        assert gen.apply(ctx).procedure["status"] == "preparation"
+        return
+    with pytest.raises(NotApplicable) as err:
+        gen.apply(ctx)
+    assert [c.name for c in err.value.failed] == [refused]
+    words = pk.LIMIT_WORDS if refused == "RepetitionsPerYear" else pk.INTERVAL_WORDS
+    assert words.rstrip(".") in str(err.value)
+    # treatments of another procedure do not count
+    other = [pk.prior("gen-patient", d, i, code="ind-a") for i, d in enumerate(dates)]
+    assert gen.apply(pk.generic_context(priorProcedures=other)).procedure
+
+
+def test_every_activity_kind_is_instantiated_and_valid(gen, gen_validator):
+    result = gen.apply(pk.generic_context(medications=[pk.medication("gen-patient")]))
+    kinds = _kinds(result)
+    assert kinds == [
+        "CarePlan", "RequestGroup", "ServiceRequest", "MedicationRequest", "Task",
+        "CommunicationRequest", "Consent", "Procedure",
+    ]  # fmt: skip
+    task = result.of_type("Task")[0]
+    assert task["for"] == result.procedure["subject"] and task["executionPeriod"] == {"start": "2026-12-01"}
+    # a rule no expression can test is put before the clinician
+    assert task["note"] == [{"text": pk.TEXT_ONLY}]
+    rg_task = next(a for a in _walk(result.of_type("RequestGroup")[0]["action"]) if a["id"] == "check-in")
+    assert rg_task["textEquivalent"] == pk.TEXT_ONLY
+    proc = result.procedure
+    assert proc["meta"] == {
+        "profile": ["https://fhir.example.org/procedures/StructureDefinition/apply-test-procedure"]
+    }
+    assert "bodySite" not in proc and proc["code"]["coding"][0]["code"] == "proc-x"
+    consent = result.of_type("Consent")[0]
+    html = base64.b64decode(consent["sourceAttachment"]["data"]).decode()
+    assert "<p>Patient: <strong>Sam Test</strong></p>" in html and "to be treated" not in html
+    assert_valid(gen_validator, result.resources)
+    done = complete_procedure(proc, "2026-12-01T10:00:00Z", "one device", ["comp-1"], plan=gen.plan)
+    assert done["usedCode"] == [
+        {
+            "coding": [{"system": pk.TEST_SYSTEM, "code": "dev-1", "display": "Device one"}],
+            "text": "one device",
+        }
+    ]
+    with pytest.raises(
+        ApplyError, match="value set https://fhir.example.org/procedures/ValueSet/apply-test-complications"
+    ):
+        complete_procedure(proc, "2026-12-01T10:00:00Z", complications=["cement-leakage"], plan=gen.plan)
+
+
+def test_advice_for_a_group_of_patients(gen):
+    cond_b = {
+        "resourceType": "Condition",
+        "id": "b",
+        "code": {"coding": [{"system": pk.TEST_SYSTEM, "code": "cond-b"}]},
+    }
+    ctx = pk.generic_context()
+    assert gen.apply(ctx).warnings == []
+    with_b = gen.apply(pk.generic_context(conditions=[*ctx["conditions"], cond_b]))
+    assert with_b.warnings == [pk.ADVICE_WORDS]
+    assert [c["payload"][0]["contentString"] for c in with_b.of_type("CommunicationRequest")][
+        -1
+    ] == pk.ADVICE_WORDS
+
+
+def test_a_plan_without_choice_or_sites(gen):
+    with pytest.raises(ApplyError, match="technique: 'x': the plan offers no choice"):
+        gen.apply(pk.generic_context(technique="x"))
+    with pytest.raises(ApplyError, match="sites: the plan names no body sites"):
+        gen.apply(pk.generic_context(sites=["T12"]))
+    with pytest.raises(NotApplicable, match="HasIndication"):
+        gen.apply(pk.generic_context(conditions=[]))
+
+
+def test_apply_reads_fhir_only():
+    """$apply imports nothing from the build stages and names no procedure in its code."""
+    import re
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, procfhir.apply, procfhir.apply.batch, procfhir.apply.server, procfhir.commands.apply;"
+        "bad = [m for m in sys.modules if m.startswith(('procfhir.builders', 'procfhir.mapping', "
+        "'procfhir.model', 'procfhir.build', 'procfhir.config', 'procfhir.trace', 'procfhir.review'))];"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+    folder = Path(__file__).resolve().parent.parent / "generators" / "procfhir" / "apply"
+    words = re.compile(r"vertebr|kyphopl|copd|cement|lung", re.IGNORECASE)
+    found = [
+        f"{p.name}:{i}"
+        for p in folder.glob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if words.search(line)
+    ]
+    assert found == []

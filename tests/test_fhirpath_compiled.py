@@ -20,20 +20,20 @@ import pytest
 from procfhir.apply import load_plan
 from procfhir.apply.compiled import Unsupported, compile_fast
 from procfhir.apply.errors import KnowledgeError
-from procfhir.apply.expressions import Evaluator, Expression
-from procfhir.apply.samples import sample_contexts
+from procfhir.apply.expressions import R4, Evaluator, Expression
+from tests.apply_samples import sample_contexts
 
 CORPUS = [
-    "%levels.count()",
-    "%levels.count() * 2",
-    "(%levels.count() + 1).toString()",
-    "%levels.count() <= 2",
-    "%levels.count() > 1 and %conditions.exists()",
-    "%levels.count() >= 1 or %conditions.empty()",
-    "%levels.count() < 3",
-    "%levels.text",
-    "%levels.text.first() + ' and more'",
-    "%levels.coding.code = 'T12'",
+    "%sites.count()",
+    "%sites.count() * 2",
+    "(%sites.count() + 1).toString()",
+    "%sites.count() <= 2",
+    "%sites.count() > 1 and %conditions.exists()",
+    "%sites.count() >= 1 or %conditions.empty()",
+    "%sites.count() < 3",
+    "%sites.text",
+    "%sites.text.first() + ' and more'",
+    "%sites.coding.code = 'T12'",
     "%conditions.code.coding.code",
     "%conditions.code.coding.where(system = 'http://snomed.info/sct').code",
     "%conditions.exists(code.coding.code = '42942008')",
@@ -43,7 +43,7 @@ CORPUS = [
     "%conditions.first().id",
     "%conditions.id.toString()",
     "%conditions.verificationStatus.coding.code.not()",
-    "%conditions.code.coding.code = '42942008' or %levels.empty()",
+    "%conditions.code.coding.code = '42942008' or %sites.empty()",
     "%conditions.onsetDateTime.first() < '2026-06-01'",
     "%conditions.code.text.length",
     "%patient.active.not()",
@@ -63,24 +63,24 @@ CORPUS = [
     "'a' != 'b'",
     "'it''s' = 'it''s'",
     "'x' + 'y' = 'xy'",
-    "%levels.count() = 2 and (%patient.active or %patient.deceasedBoolean)",
+    "%sites.count() = 2 and (%patient.active or %patient.deceasedBoolean)",
 ]
 # outside the compiled subset on purpose: these always run in fhirpathpy
 NOT_COMPILED = [
     "%conditions.select(id)",
-    "%levels.count() / 2",
-    "-1 < %levels.count()",
+    "%sites.count() / 2",
+    "-1 < %sites.count()",
     "%conditions.code.coding.code contains 'x'",
     "%conditions.where($this.id = 'x').exists()",
     "Patient.name",
-    "%levels.count() > 1.5",
+    "%sites.count() > 1.5",
     "%conditions.where(id).exists()",
 ]
 
 
 def _malformed(ctx: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     """One of several ways a context's data can leave the happy path."""
-    env = {"patient": ctx["patient"], "conditions": ctx["conditions"], "levels": ctx["levels"]}
+    env = {"patient": ctx["patient"], "conditions": ctx["conditions"], "sites": ctx["sites"]}
     env = copy.deepcopy(env)
     cond = env["conditions"][0]
     coding = cond["code"]["coding"][0]
@@ -98,9 +98,9 @@ def _malformed(ctx: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     elif kind == 5:
         del coding["system"]
     elif kind == 6:
-        env["levels"] = []
+        env["sites"] = []
     elif kind == 7:
-        env["levels"] = [{"text": "T12"}, {"coding": {"code": "L1"}}, {"text": 3}]
+        env["sites"] = [{"text": "T12"}, {"coding": {"code": "L1"}}, {"text": 3}]
     elif kind == 8:
         env["patient"]["active"] = rng.choice([False, True, "yes", 0])
         env["patient"]["_active"] = {"extension": [{"url": "http://example.org/a", "valueBoolean": True}]}
@@ -108,7 +108,7 @@ def _malformed(ctx: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         env["patient"]["multipleBirthInteger"] = rng.choice([1, 2, 2.5, True])
         env["patient"]["deceasedBoolean"] = False
     elif kind == 10:
-        del env["levels"]
+        del env["sites"]
     elif kind == 11:
         env["conditions"] = [*env["conditions"], *env["conditions"]]
         cond["code"]["text"] = "fracture"
@@ -123,15 +123,15 @@ def _environments() -> list[dict[str, Any]]:
     rng = random.Random(7)
     envs = []
     for ctx in sample_contexts(150, seed=5):
-        levels = [{"coding": [{"code": lbl}], "text": lbl} for lbl in ctx["levels"]]
-        envs.append({"patient": ctx["patient"], "conditions": ctx["conditions"], "levels": levels})
-        envs.append(_malformed({**ctx, "levels": levels}, rng))
+        levels = [{"coding": [{"code": lbl}], "text": lbl} for lbl in ctx["sites"]]
+        envs.append({"patient": ctx["patient"], "conditions": ctx["conditions"], "sites": levels})
+        envs.append(_malformed({**ctx, "sites": levels}, rng))
     return envs
 
 
 def _reference(expression: str, env: dict[str, Any]) -> tuple[bool, Any]:
     try:
-        return True, list(fhirpathpy.compile(expression)({}, copy.deepcopy(env)))
+        return True, list(fhirpathpy.compile(expression, R4)({}, copy.deepcopy(env)))
     except Exception as exc:  # fhirpathpy raises assorted exceptions
         return False, repr(exc)
 

@@ -2,16 +2,21 @@
 
 Python API::
 
-    from procfhir.apply import apply, complete_procedure
-    result = apply({"patient": {...}, "conditions": [...], "technique": "kyphoplasty",
-                    "levels": ["T12", "L1"], "date": "2026-12-01",
-                    "performer": "Practitioner/dr-a", "organization": "Organization/hosp"})
-    result.resources   # CarePlan, RequestGroup, ServiceRequests, CommunicationRequest(s), Consent, Procedure
-    result.warnings    # e.g. the plan's lung-disease preference
-    done = complete_procedure(result.procedure, "2026-12-01T10:30:00+01:00", "PMMA bone cement, 4 mL", [])
+    from procfhir.apply import Applier, apply, complete_procedure, load_plan
+    result = apply({"patient": {...}, "conditions": [...], "medications": [...],
+                    "priorProcedures": [...], "technique": "...", "sites": ["..."],
+                    "date": "2026-12-01", "performer": "Practitioner/dr-a",
+                    "organization": "Organization/hosp"})
+    result.resources   # CarePlan, RequestGroup, requests (ServiceRequest, MedicationRequest, Task,
+                       # CommunicationRequest...), Consent, Procedure
+    result.warnings    # the notes the plan selects (advice, preferences, rules left as text)
+    done = complete_procedure(result.procedure, "2026-12-01T10:30:00+01:00", "4 mL", [])
+    other = Applier(load_plan("pkg.tgz", "https://example.org/PlanDefinition/x")).apply(ctx)
 
-A context the plan excludes or that is malformed raises :class:`ApplyError` (``.field`` names the
-input field; :class:`NotApplicable` lists the conditions checked). Batch mode: :mod:`procfhir.apply.batch`.
+The knowledge comes from FHIR resources only (:mod:`procfhir.apply.knowledge`: a folder, a .tgz
+package, a Bundle or a FHIR server). A context the plan excludes or that is malformed raises
+:class:`ApplyError` (``.field`` names the input field; :class:`NotApplicable` gives the words of
+the conditions not met). Batch mode: :mod:`procfhir.apply.batch`.
 """
 
 from __future__ import annotations

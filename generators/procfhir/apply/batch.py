@@ -72,8 +72,8 @@ def _applier() -> Any:
         from procfhir.apply import Applier
         from procfhir.apply.engine import load_plan
 
-        package_dir, config, memo = _APPLIER_ARGS
-        _APPLIER = Applier(load_plan(package_dir, config, memo=memo))
+        package, plan, memo = _APPLIER_ARGS
+        _APPLIER = Applier(load_plan(package, plan, memo=memo))
     return _APPLIER
 
 
@@ -86,7 +86,7 @@ def _init_worker(args: tuple[Any, ...]) -> None:
 def apply_lines(chunk: list[tuple[int, bytes]]) -> list[tuple[int, list[tuple[str, str]], int, str | None]]:
     """Apply each (line number, line): (line, [(type, json)], warning count, failure json or None)."""
     applier = _applier()
-    out = []
+    out: list[tuple[int, list[tuple[str, str]], int, str | None]] = []
     for lineno, raw in chunk:
         try:
             try:
@@ -150,8 +150,8 @@ def apply_batch(
     in_path: str | Path,
     out_dir: str | Path,
     *,
-    package_dir: str | Path | None = None,
-    config: str | Path | None = None,
+    package: str | Path | None = None,
+    plan: str | None = None,
     workers: int = 1,
     overwrite: bool = False,
     memo: bool = True,
@@ -163,7 +163,7 @@ def apply_batch(
         raise ApplyError("input", f"{in_path}: no such file")
     hint = "use --overwrite to replace it"
     check_folder(out_dir, replace=overwrite, hint=hint)  # never over a folder we did not write
-    args = (package_dir, config, memo)
+    args = (package, plan, memo)
     if args != _APPLIER_ARGS:
         _APPLIER_ARGS, _APPLIER = args, None
     _applier()  # load the plan before any output: a broken package fails here, nothing written

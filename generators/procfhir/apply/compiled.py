@@ -27,12 +27,25 @@ from collections.abc import Callable
 from typing import Any
 
 from fhirpathpy.engine.evaluators import string_literal
+from fhirpathpy.models import models
 from fhirpathpy.parser import parse
 
 Env = dict[str, Any]
 Fn = Callable[[list[Any], Env], list[Any]]
 
 _PLAIN = (str, int, bool)
+# names of the choice elements of what the variables hold (``performed`` reads performedDateTime,
+# ``onset`` onsetDateTime...): fhirpathpy resolves them with the R4 model and types their values;
+# the subset does not, so an expression naming one runs in fhirpathpy
+_VARIABLE_TYPES = (
+    "Patient", "Condition", "Procedure", "MedicationStatement", "MedicationRequest", "Medication",
+    "Dosage", "Timing", "Annotation", "Extension",
+)  # fmt: skip
+CHOICE_NAMES = frozenset(
+    path.rsplit(".", 1)[-1]
+    for path in models["r4"]["choiceTypePaths"]
+    if path.split(".", 1)[0] in _VARIABLE_TYPES
+)
 
 
 class Unsupported(Exception):
@@ -124,6 +137,8 @@ def _member_name(node: dict[str, Any]) -> str:
     key = ident["text"].strip('"').replace("`", "")
     if key[:1].isupper():
         raise Unsupported("type-name navigation")  # fhirpathpy filters on resourceType
+    if key in CHOICE_NAMES:
+        raise Unsupported(f"{key} is a choice element")
     return key
 
 

@@ -1,7 +1,10 @@
-"""Completing a planned Procedure: performed time, cement used, complications observed.
+"""Completing a planned Procedure: performed time, materials used, complications observed.
 
 The result has status ``completed``, ``performed[x]``, the code and subject of the planned one:
 what US Core Procedure requires (us-core-7: performed when completed or in-progress).
+Complications are checked against the plan's own complications value set (the binding of
+Procedure.complication in the plan's Procedure profile); materials are coded from the plan's
+materials when it names them, else kept as the words given.
 """
 
 from __future__ import annotations
@@ -12,10 +15,7 @@ from typing import Any
 from procfhir.apply.context import _DATETIME
 from procfhir.apply.engine import Plan, load_plan
 from procfhir.apply.errors import ApplyError
-from procfhir.apply.knowledge import COMPLICATIONS_VALUE_SET
-from procfhir.builders.procedure import _ordered, procedure_narrative
-
-CEMENT_CODE = "bone-cement"  # in the package's local CodeSystem
+from procfhir.apply.resources import ordered, procedure_narrative
 
 
 def _when(value: Any, field: str) -> str:
@@ -29,19 +29,22 @@ def _when(value: Any, field: str) -> str:
 def complete_procedure(
     procedure: dict[str, Any],
     performed: str | tuple[str, str],
-    cement: str | None = None,
+    used: str | list[str | dict[str, Any]] | None = None,
     complications: list[str | dict[str, Any]] | None = None,
     plan: Plan | None = None,
 ) -> dict[str, Any]:
     """A completed copy of a Procedure in preparation (or in progress).
 
-    ``performed``: a dateTime, or (start, end); ``cement``: what was used, in words (e.g. "PMMA
-    bone cement, 4 mL"); ``complications``: codes (or Codings) of the package's complications
-    value set, empty when none was observed.
+    ``performed``: a dateTime, or (start, end); ``used``: what was used: words (e.g. "4 mL of
+    material X"), a code of the plan's materials, a Coding or a CodeableConcept, or a list of
+    these; ``complications``: codes (or Codings) of the plan's complications value set, empty
+    when none was observed. ``plan``: default, the package's plan the Procedure instantiates.
     """
-    plan = plan or load_plan()
     if not isinstance(procedure, dict) or procedure.get("resourceType") != "Procedure":
         raise ApplyError("procedure", "not a Procedure resource")
+    if plan is None:
+        canonical = (procedure.get("instantiatesCanonical") or [None])[0]
+        plan = load_plan(None, canonical)
     if procedure.get("status") not in ("preparation", "in-progress"):
         raise ApplyError(
             "procedure.status",
@@ -60,12 +63,16 @@ def complete_procedure(
         out["performedPeriod"] = {"start": start, "end": end}
     else:
         out["performedDateTime"] = _when(performed, "performed")
-    if cement is not None:
-        if not isinstance(cement, str) or not cement.strip():
-            raise ApplyError("cement", 'describe the cement used in words (e.g. "PMMA bone cement, 4 mL")')
-        coding = _local_coding(plan, CEMENT_CODE)
-        out["usedCode"] = [{"coding": [coding], "text": cement.strip()}]
-    known = plan.k.value_set_codings(COMPLICATIONS_VALUE_SET)
+    if used is not None:
+        items = used if isinstance(used, list) else [used]
+        materials = _materials(plan, procedure)
+        out["usedCode"] = [_used(materials, u, f"used[{i}]") for i, u in enumerate(items)]
+    if plan.k.complications is None and complications:
+        raise ApplyError(
+            "complications", "the plan names no complications (no value set to check them against)"
+        )
+    vs_name = plan.k.complications or ""
+    known = plan.k.value_set_codings(plan.k.complications) if plan.k.complications else []
     found = []
     for i, c in enumerate(complications or []):
         code = c.get("code") if isinstance(c, dict) else c
@@ -74,8 +81,8 @@ def complete_procedure(
         if not match:
             raise ApplyError(
                 f"complications[{i}]",
-                f"{code!r} is not in the value set {COMPLICATIONS_VALUE_SET} "
-                f"(codes: {', '.join(k['code'] for k in known)})",
+                f"{code!r} is not in the plan's complications (value set {vs_name}: "
+                f"{', '.join(k['code'] for k in known)})",
             )
         found.append({"coding": [match[0]], "text": match[0]["display"]})
     if found:
@@ -83,14 +90,34 @@ def complete_procedure(
     else:
         out.pop("complication", None)
         out["outcome"] = {"text": "No complication observed"}
-    out["text"] = procedure_narrative(out)
-    return _ordered(out)
+    out["text"] = procedure_narrative(out, plan.sites_label)
+    return ordered(out)
 
 
-def _local_coding(plan: Plan, code: str) -> dict[str, str]:
-    system = plan.k.cfg.local_system
-    cs = plan.k.code_systems.get(system, {})
-    for c in cs.get("concept", []):
-        if c["code"] == code:
-            return {"system": system, "code": code, "display": c.get("display", code)}
-    raise ApplyError("cement", f"the package's CodeSystem has no code {code!r} for bone cement")
+def _materials(plan: Plan, procedure: dict[str, Any]) -> list[dict[str, Any]]:
+    """The materials and devices of the technique the Procedure was coded with."""
+    codes = {(c.get("system"), c.get("code")) for c in (procedure.get("code") or {}).get("coding") or []}
+    for action_id, items in plan.materials.items():
+        if plan.action_codings(action_id) & codes:
+            return items
+    return []
+
+
+def _used(materials: list[dict[str, Any]], item: Any, field: str) -> dict[str, Any]:
+    """A usedCode: a Coding or CodeableConcept, a code of the technique's materials, or words
+    (coded as the technique's material when it names exactly one)."""
+    if isinstance(item, dict):
+        if "coding" in item or "text" in item:
+            return item
+        if item.get("code"):
+            return {"coding": [item], **({"text": item["display"]} if item.get("display") else {})}
+        raise ApplyError(field, "expected words, a code, a Coding or a CodeableConcept")
+    if not isinstance(item, str) or not item.strip():
+        raise ApplyError(field, "describe what was used in words, or give a code of the plan's materials")
+    text = item.strip()
+    for m in materials:
+        if any(c.get("code") == text for c in m.get("coding") or []):
+            return m
+    if len(materials) == 1:  # the technique's one material, described in words
+        return {"coding": materials[0].get("coding", []), "text": text}
+    return {"text": text}

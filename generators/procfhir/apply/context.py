@@ -4,15 +4,18 @@ JSON object (one context)::
 
     {"id": "ctx-1",                                   # optional: the basis of the output ids
      "patient": {Patient resource} | {"reference": "Patient/p1", "display": "Jane Doe"},
-     "conditions": [{Condition resource}, ...],
-     "technique": "kyphoplasty",                      # a choice of the plan
-     "levels": ["T12", "L1"],                         # labels of the package's vertebral levels
+     "conditions": [{Condition resource}, ...],       # the patient's conditions
+     "medications": [{MedicationStatement or MedicationRequest resource}, ...],  # current ones
+     "priorProcedures": [{Procedure resource with performed[x]}, ...],          # earlier treatments
+     "technique": "...",                              # one of the plan's choices (when it has one)
+     "sites": ["..."],                                # the plan's body sites: code, display, label
      "date": "2026-12-01",                            # planned date (FHIR date or dateTime)
      "performer": "Practitioner/dr-a" | {"reference": ..., "display": ...},
      "organization": "Organization/hosp" | {"reference": ...}}
 
-Bundle (type ``collection``): one Patient, the Conditions, and one Parameters resource with
-``technique`` (valueCode), ``level`` (valueString, repeated), ``date`` (valueDate or
+Bundle (type ``collection``): one Patient, its Conditions, MedicationStatements or
+MedicationRequests, Procedures (prior treatments), and one Parameters resource with ``technique``
+(valueCode), ``site`` (valueString or valueCoding, repeated), ``date`` (valueDate or
 valueDateTime), ``performer`` and ``organization`` (valueReference), ``contextId`` (valueString,
 optional).
 """
@@ -27,13 +30,24 @@ from datetime import date, datetime
 from typing import Any
 
 from procfhir.apply.errors import ApplyError
+from procfhir.apply.knowledge import Site, SiteSet
 
 _ID = r"[A-Za-z0-9\-.]{1,64}"
-_LEVEL = re.compile(r"^([CTLS])(\d{1,2})$")
-_REAL_LEVELS = {"C": 7, "T": 12, "L": 5, "S": 5}
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
-FIELDS = ("id", "patient", "conditions", "technique", "levels", "date", "performer", "organization")
+FIELDS = (
+    "id",
+    "patient",
+    "conditions",
+    "medications",
+    "priorProcedures",
+    "technique",
+    "sites",
+    "date",
+    "performer",
+    "organization",
+)
+MEDICATION_TYPES = ("MedicationStatement", "MedicationRequest")
 
 
 @dataclass(frozen=True)
@@ -43,12 +57,17 @@ class PatientContext:
     patient_ref: dict[str, Any]
     patient_name: str
     conditions: list[dict[str, Any]]
-    technique: str
-    levels: list[dict[str, str]]  # codings from the levels value set, in the order given
-    level_labels: list[str]
+    medications: list[dict[str, Any]]
+    prior_procedures: list[dict[str, Any]]
+    technique: str | None
+    sites: tuple[Site, ...]  # the plan's body sites, in the order given
     date: str
     performer: dict[str, Any]
     organization: dict[str, Any]
+
+    @property
+    def site_labels(self) -> list[str]:
+        return [s.label for s in self.sites]
 
 
 def _digest(text: str) -> str:
@@ -107,89 +126,92 @@ def _patient(value: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
     return minimal, ref, ref["display"]
 
 
-def _conditions(value: Any, patient_ref: str) -> list[dict[str, Any]]:
+def _resources(
+    value: Any, field: str, types: tuple[str, ...], patient_ref: str, subject: str = "subject"
+) -> list[dict[str, Any]]:
+    """A list of the patient's own resources of these types."""
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ApplyError("conditions", "expected a list of Condition resources")
-    for i, cond in enumerate(value):
-        if not isinstance(cond, dict) or cond.get("resourceType") != "Condition":
-            raise ApplyError(f"conditions[{i}]", "not a Condition resource")
-        subject = cond.get("subject", {}).get("reference") if isinstance(cond.get("subject"), dict) else None
-        if subject and subject.rsplit("/", 2)[-2:] != patient_ref.split("/"):
+        raise ApplyError(field, f"expected a list of {' or '.join(types)} resources")
+    for i, res in enumerate(value):
+        if not isinstance(res, dict) or res.get("resourceType") not in types:
+            raise ApplyError(f"{field}[{i}]", f"not a {' or '.join(types)} resource")
+        ref = res.get(subject)
+        target = ref.get("reference") if isinstance(ref, dict) else None
+        if target and target.rsplit("/", 2)[-2:] != patient_ref.split("/"):
             raise ApplyError(
-                f"conditions[{i}].subject", f"refers to {subject}, not to the patient {patient_ref}"
+                f"{field}[{i}].{subject}", f"refers to {target}, not to the patient {patient_ref}"
             )
     return value
 
 
-def _levels(value: Any, by_label: dict[str, dict[str, str]]) -> tuple[list[dict[str, str]], list[str]]:
-    if not isinstance(value, list) or not value:
-        raise ApplyError("levels", 'missing: give the vertebral levels to treat, e.g. ["T12", "L1"]')
-    codings, labels, seen = [], [], {}
-    for i, item in enumerate(value):
-        field = f"levels[{i}]"
-        if isinstance(item, dict):  # a Coding
-            match = [
-                lbl
-                for lbl, c in by_label.items()
-                if c["system"] == item.get("system") and c["code"] == item.get("code")
-            ]
-            if not match:
-                raise ApplyError(
-                    field, f"{item.get('system')}|{item.get('code')} is not in the package's vertebral levels"
-                )
-            label = match[0]
-        elif isinstance(item, str):
-            m = _LEVEL.match(item.strip().upper())
-            if not m:
-                raise ApplyError(
-                    field, f"{item!r} is not a vertebral level (expected a label such as T12 or L1)"
-                )
-            label = f"{m.group(1)}{int(m.group(2))}"
-            if not 1 <= int(m.group(2)) <= _REAL_LEVELS[m.group(1)]:
-                raise ApplyError(field, f"{item!r} is not a vertebral level (there is no {label})")
-            if label not in by_label:
-                raise ApplyError(
-                    field,
-                    f"{label} is not among the levels this plan treats (value set vertebral-levels: "
-                    f"{', '.join(by_label)})",
-                )
-        else:
-            raise ApplyError(field, 'expected a level label such as "T12"')
-        if label in seen:
-            raise ApplyError(field, f"{label} is listed twice (also levels[{seen[label]}])")
-        seen[label] = i
-        codings.append(by_label[label])
-        labels.append(label)
-    return codings, labels
-
-
-def _date(value: Any) -> str:
-    if value is None or value == "":
-        raise ApplyError("date", "missing (the planned date, e.g. 2026-12-01)")
-    if not isinstance(value, str) or not (_DATE.match(value) or _DATETIME.match(value)):
-        raise ApplyError("date", f"{value!r} is not a FHIR date (YYYY-MM-DD) or dateTime with time zone")
-    try:
-        (date.fromisoformat if len(value) == 10 else datetime.fromisoformat)(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApplyError("date", f"{value!r} is not a real date") from None
-    return value
-
-
-def level_index(level_codings: list[dict[str, str]]) -> dict[str, dict[str, str]]:
-    """Label ("T12") -> coding, from the value set displays ("T12 vertebra")."""
-    out = {}
-    for c in level_codings:
-        label = c["display"].split(" ", 1)[0].upper()
-        if _LEVEL.match(label):
-            out[label] = c
+def _prior_procedures(value: Any, patient_ref: str) -> list[dict[str, Any]]:
+    """The earlier procedures, each with performedDateTime at date precision (docs/contract.md:
+    comparisons with %plannedDate never meet two precisions)."""
+    out = []
+    for i, proc in enumerate(_resources(value, "priorProcedures", ("Procedure",), patient_ref)):
+        when = proc.get("performedDateTime") or (proc.get("performedPeriod") or {}).get("start")
+        if not isinstance(when, str):
+            raise ApplyError(
+                f"priorProcedures[{i}].performed",
+                "missing: a prior treatment needs its date (performedDateTime or performedPeriod)",
+            )
+        _date(when, f"priorProcedures[{i}].performed")
+        if proc.get("performedDateTime") != when[:10]:
+            proc = {k: v for k, v in proc.items() if k != "performedPeriod"}
+            proc["performedDateTime"] = when[:10]
+        out.append(proc)
     return out
 
 
-def parse_context(
-    obj: Any, techniques: list[str], levels_by_label: dict[str, dict[str, str]]
-) -> PatientContext:
+def _sites(value: Any, sites: SiteSet | None) -> tuple[Site, ...]:
+    if sites is None:
+        if value:
+            raise ApplyError("sites", "the plan names no body sites")
+        return ()
+    if value is None or value == []:
+        if sites.required:
+            names = ", ".join(s.label for s in sites.sites)
+            raise ApplyError(
+                "sites", f"missing: give the body sites to treat (value set {sites.name}: {names})"
+            )
+        return ()
+    if not isinstance(value, list):
+        raise ApplyError("sites", "expected a list of body sites (labels, codes or Codings)")
+    out: list[Site] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(value):
+        field = f"sites[{i}]"
+        if not isinstance(item, str | dict):
+            raise ApplyError(field, "expected a site's label, code or Coding")
+        site = sites.find(item)
+        if site is None:
+            given = f"{item.get('system')}|{item.get('code')}" if isinstance(item, dict) else repr(item)
+            names = ", ".join(s.label for s in sites.sites)
+            raise ApplyError(
+                field, f"{given} is not among the body sites of the plan (value set {sites.name}: {names})"
+            )
+        if site.label in seen:
+            raise ApplyError(field, f"{site.label} is listed twice (also sites[{seen[site.label]}])")
+        seen[site.label] = i
+        out.append(site)
+    return tuple(out)
+
+
+def _date(value: Any, field: str = "date") -> str:
+    if value is None or value == "":
+        raise ApplyError(field, "missing (the planned date, e.g. 2026-12-01)")
+    if not isinstance(value, str) or not (_DATE.match(value) or _DATETIME.match(value)):
+        raise ApplyError(field, f"{value!r} is not a FHIR date (YYYY-MM-DD) or dateTime with time zone")
+    try:
+        (date.fromisoformat if len(value) == 10 else datetime.fromisoformat)(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApplyError(field, f"{value!r} is not a real date") from None
+    return value
+
+
+def parse_context(obj: Any, techniques: list[str], sites: SiteSet | None) -> PatientContext:
     """Read one context (JSON object or Bundle); raise :class:`ApplyError` naming the field."""
     if not isinstance(obj, dict):
         raise ApplyError("context", "expected a JSON object or a FHIR Bundle")
@@ -203,13 +225,21 @@ def parse_context(
     if unknown:
         raise ApplyError(unknown[0], f"unknown field (known: {', '.join(FIELDS)})")
     patient, patient_ref, name = _patient(obj.get("patient"))
-    conditions = _conditions(obj.get("conditions"), patient_ref["reference"])
+    pref = patient_ref["reference"]
+    conditions = _resources(obj.get("conditions"), "conditions", ("Condition",), pref)
+    medications = _resources(obj.get("medications"), "medications", MEDICATION_TYPES, pref)
+    prior = _prior_procedures(obj.get("priorProcedures"), pref)
     technique = obj.get("technique")
-    if technique in (None, ""):
-        raise ApplyError("technique", f"missing (one of {', '.join(techniques)})")
-    if technique not in techniques:
-        raise ApplyError("technique", f"unknown technique {technique!r} (one of {', '.join(techniques)})")
-    codings, labels = _levels(obj.get("levels"), levels_by_label)
+    if techniques:
+        if technique in (None, ""):
+            raise ApplyError("technique", f"missing (one of {', '.join(techniques)})")
+        if technique not in techniques:
+            raise ApplyError("technique", f"unknown technique {technique!r} (one of {', '.join(techniques)})")
+    elif technique not in (None, ""):
+        raise ApplyError("technique", f"{technique!r}: the plan offers no choice of technique")
+    else:
+        technique = None
+    chosen = _sites(obj.get("sites"), sites)
     when = _date(obj.get("date"))
     performer = _reference(obj.get("performer"), "performer", "Practitioner")
     organization = _reference(obj.get("organization"), "organization", "Organization")
@@ -223,9 +253,10 @@ def parse_context(
         patient_ref=patient_ref,
         patient_name=name,
         conditions=conditions,
+        medications=medications,
+        prior_procedures=prior,
         technique=technique,
-        levels=codings,
-        level_labels=labels,
+        sites=chosen,
         date=when,
         performer=performer,
         organization=organization,
@@ -234,16 +265,23 @@ def parse_context(
 
 _PARAMS = {
     "technique": ("technique", ("valueCode", "valueString")),
-    "level": ("levels", ("valueString", "valueCoding")),
+    "site": ("sites", ("valueString", "valueCoding", "valueCode")),
     "date": ("date", ("valueDate", "valueDateTime")),
     "performer": ("performer", ("valueReference",)),
     "organization": ("organization", ("valueReference",)),
     "contextId": ("id", ("valueString", "valueId")),
 }
+_ENTRIES = {
+    "Condition": "conditions",
+    "MedicationStatement": "medications",
+    "MedicationRequest": "medications",
+    "Procedure": "priorProcedures",
+}
 
 
 def bundle_to_object(bundle: dict[str, Any]) -> dict[str, Any]:
-    """A collection Bundle (Patient, Conditions, Parameters) as the plain context object."""
+    """A collection Bundle (Patient, Conditions, medications, Procedures, Parameters) as the
+    plain context object."""
     if bundle.get("type") != "collection":
         raise ApplyError("Bundle.type", f"{bundle.get('type')!r}: expected a collection Bundle")
     out: dict[str, Any] = {"conditions": []}
@@ -255,16 +293,15 @@ def bundle_to_object(bundle: dict[str, Any]) -> dict[str, Any]:
             if "patient" in out:
                 raise ApplyError(f"Bundle.entry[{i}]", "a second Patient (the context is about one patient)")
             out["patient"] = res
-        elif rtype == "Condition":
-            out["conditions"].append(res)
+        elif rtype in _ENTRIES:
+            out.setdefault(_ENTRIES[rtype], []).append(res)
         elif rtype == "Parameters":
             if params is not None:
                 raise ApplyError(f"Bundle.entry[{i}]", "a second Parameters resource")
             params = res
         else:
-            raise ApplyError(
-                f"Bundle.entry[{i}]", f"unexpected entry {rtype!r} (Patient, Condition, Parameters)"
-            )
+            known = ", ".join(["Patient", *_ENTRIES, "Parameters"])
+            raise ApplyError(f"Bundle.entry[{i}]", f"unexpected entry {rtype!r} ({known})")
     for j, p in enumerate((params or {}).get("parameter") or []):
         name = p.get("name") if isinstance(p, dict) else None
         if name not in _PARAMS:
@@ -275,8 +312,8 @@ def bundle_to_object(bundle: dict[str, Any]) -> dict[str, Any]:
         values = [p[t] for t in value_types if t in p]
         if len(values) != 1:
             raise ApplyError(name, f"the parameter needs one of {', '.join(value_types)}")
-        if key == "levels":
-            out.setdefault("levels", []).append(values[0])
+        if key == "sites":
+            out.setdefault("sites", []).append(values[0])
         elif key in out:
             raise ApplyError(name, "given twice")
         else:

@@ -14,12 +14,26 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from procfhir.apply.context import PatientContext, level_index, parse_context
+from procfhir.apply.context import PatientContext, parse_context
 from procfhir.apply.errors import ApplyError, ConditionCheck, KnowledgeError, NotApplicable
 from procfhir.apply.expressions import Evaluator, Expression
-from procfhir.apply.knowledge import LEVELS_VALUE_SET, Knowledge, load_knowledge
+from procfhir.apply.knowledge import Knowledge, load_knowledge
 
 CHOICE_BEHAVIORS = frozenset({"exactly-one", "at-most-one", "one-or-more", "any"})
+# ActivityDefinition.kind values $apply instantiates (see procfhir.apply.resources)
+KINDS = frozenset(
+    {
+        "ServiceRequest",
+        "MedicationRequest",
+        "Task",
+        "CommunicationRequest",
+        "DeviceRequest",
+        "SupplyRequest",
+        "Appointment",
+    }
+)
+# the variables every plan expression may use (docs/contract.md)
+VARIABLES = ("patient", "conditions", "medications", "priorProcedures", "sites", "plannedDate")
 
 
 @dataclass
@@ -121,10 +135,63 @@ class Plan:
         self.evaluator = Evaluator(memo=memo, compiled=compiled)
         self.choices: dict[str, list[str]] = {}  # choice id -> ids of its ancestors (root first)
         self._index_choices(self.actions, [])
-        if not self.choices:
-            raise KnowledgeError(f"PlanDefinition/{self.plan['id']}: no action offers a choice of technique")
+        self.by_id: dict[str, CompiledAction] = {}
+        self.paths: dict[str, list[str]] = {}  # action id -> ids from the root to it
+        _index(self.actions, self.by_id, self.paths, [])
         self.techniques = list(self.choices)
-        self.levels_by_label = level_index(knowledge.value_set_codings(LEVELS_VALUE_SET))
+        self.sites = knowledge.sites
+        used = {v for x in self.expressions for v in x.variables}
+        # Packages built before the contract named the body-site variable %sites used another
+        # name for it: a single unknown variable of a plan with body sites is that variable.
+        unknown = sorted(used - set(VARIABLES))
+        self._procedure_action = self._find_procedure_action()
+        k = knowledge
+        label = (k.sites.label or k.value_set(k.sites.value_set).get("title")) if k.sites else None
+        self.sites_label: str = label or "Body sites"
+        self.materials: dict[str, list[dict[str, Any]]] = {}  # action id -> CodeableConcepts
+        for a in self.by_id.values():
+            for e in k.extensions(a.raw, "uses-material"):
+                item = next(
+                    (
+                        x.get("valueCodeableConcept")
+                        for x in e.get("extension") or []
+                        if x.get("url") == "item"
+                    ),
+                    None,
+                )
+                if isinstance(item, dict):
+                    self.materials.setdefault(a.id, []).append(item)
+        self.site_variables = ["sites"]
+        if len(unknown) == 1 and self.sites is not None:
+            self.site_variables.append(unknown[0])
+        elif unknown:
+            raise KnowledgeError(
+                f"PlanDefinition/{self.plan['id']}: the expressions use the unknown variable(s) "
+                f"{', '.join('%' + v for v in unknown)} (known: {', '.join('%' + v for v in VARIABLES)})"
+            )
+
+    def action_codings(self, action_id: str) -> set[tuple[str, str]]:
+        """The codings of an action: its own code and its ActivityDefinition's."""
+        a = self.by_id[action_id]
+        ccs = [*(a.raw.get("code") or []), (a.activity or {}).get("code") or {}]
+        return {(c.get("system", ""), c.get("code", "")) for cc in ccs for c in cc.get("coding") or []}
+
+    def procedure_action(self, technique: str | None) -> str | None:
+        """The action whose order the Procedure is based on: the chosen technique, or (in a plan
+        without a choice) the action coded as a procedure of the plan's Procedure profile."""
+        return technique if technique is not None else self._procedure_action
+
+    def _find_procedure_action(self) -> str | None:
+        if self.choices:
+            return None
+        with_activity = [a for a in self.by_id.values() if a.activity is not None]
+        vs = self.k.procedures
+        if vs:
+            codes = {(c["system"], c["code"]) for c in self.k.value_set_codings(vs)}
+            coded = [a for a in with_activity if self.action_codings(a.id) & codes]
+            if coded:
+                return coded[0].id
+        return with_activity[0].id if with_activity else None
 
     # -- compilation -------------------------------------------------------------------------
     def _expr(self, e: dict[str, Any], where: str) -> Expression:
@@ -157,9 +224,11 @@ class Plan:
                 raise KnowledgeError(
                     f"{where}: definitionCanonical {a['definitionCanonical']} is not in the package"
                 )
-            if activity.get("kind") != "ServiceRequest":
+            target_type = activity.get("kind") or ""
+            if target_type not in KINDS:
                 raise KnowledgeError(
-                    f"{where}: ActivityDefinition kind {activity.get('kind')!r} is not supported"
+                    f"{where}: ActivityDefinition/{activity.get('id')}: kind {target_type!r} is not "
+                    f"instantiated by $apply (supported: {', '.join(sorted(KINDS))})"
                 )
             for j, dv in enumerate(activity.get("dynamicValue", [])):
                 w = f"ActivityDefinition/{activity['id']}.dynamicValue[{j}]"
@@ -192,21 +261,34 @@ class Plan:
 
     # -- applying ----------------------------------------------------------------------------
     def parse(self, obj: Any) -> PatientContext:
-        return parse_context(obj, self.techniques, self.levels_by_label)
+        return parse_context(obj, self.techniques, self.sites)
 
     def environment(self, ctx: PatientContext) -> dict[str, Any]:
-        levels = [{"coding": [c], "text": lbl} for c, lbl in zip(ctx.levels, ctx.level_labels, strict=True)]
-        return {"patient": ctx.patient, "conditions": ctx.conditions, "levels": levels}
+        sites = [{"coding": [s.coding], "text": s.label} for s in ctx.sites]
+        env = {
+            "patient": ctx.patient,
+            "conditions": ctx.conditions,
+            "medications": ctx.medications,
+            "priorProcedures": ctx.prior_procedures,
+            "plannedDate": ctx.date[:10],
+        }
+        for name in self.site_variables:
+            env[name] = sites
+        return env
 
     def evaluate(self, ctx: PatientContext) -> Outcome:
         """Walk the plan for one patient; raise :class:`NotApplicable` when the choice is excluded."""
         env = self.environment(ctx)
         checks: list[ConditionCheck] = []
         selected = [s for a in self.actions if (s := self._walk(a, env, ctx.technique, checks))]
-        path = self.choices[ctx.technique]
-        if not _reached(selected, path):
-            failed = [c for c in checks if not c.result and c.action in path]
-            raise NotApplicable(self.plan["id"], failed, checks)
+        target = self.procedure_action(ctx.technique)
+        if target is not None:
+            path = self.paths[target]
+            if not _reached(selected, path):
+                failed = [c for c in checks if not c.result and c.action in path]
+                raise NotApplicable(self.plan["id"], failed, checks)
+        elif not any(s.action.activity is not None or s.children for s in selected):
+            raise NotApplicable(self.plan["id"], [c for c in checks if not c.result], checks)
         warnings: list[Warning] = []
         _collect_warnings(selected, warnings)
         return Outcome(ctx, selected, checks, warnings)
@@ -215,7 +297,7 @@ class Plan:
         self,
         a: CompiledAction,
         env: dict[str, Any],
-        choice: str,
+        choice: str | None,
         checks: list[ConditionCheck],
     ) -> Selected | None:
         ok = True
@@ -245,6 +327,20 @@ class Plan:
         return Selected(a, children, values)
 
 
+def _index(
+    actions: list[CompiledAction],
+    out: dict[str, CompiledAction],
+    paths: dict[str, list[str]],
+    above: list[str],
+) -> None:
+    for a in actions:
+        if a.id in out:
+            raise KnowledgeError(f"the plan has two actions with the id {a.id}")
+        out[a.id] = a
+        paths[a.id] = [*above, a.id]
+        _index(a.children, out, paths, paths[a.id])
+
+
 def _reached(selected: list[Selected], path: list[str]) -> bool:
     level = selected
     for aid in path:
@@ -256,9 +352,10 @@ def _reached(selected: list[Selected], path: list[str]) -> bool:
 
 
 def _collect_warnings(selected: list[Selected], out: list[Warning]) -> None:
+    """The notes the plan selects for the patient: advice, preferences, rules left as text."""
     for s in selected:
         raw = s.action.raw
-        if s.action.conditions and raw.get("textEquivalent") and s.action.activity is None and not s.children:
+        if raw.get("textEquivalent") and s.action.activity is None and not s.children:
             out.append(Warning(s.action.id, raw["textEquivalent"], raw.get("priority")))
         _collect_warnings(s.children, out)
 
@@ -266,11 +363,14 @@ def _collect_warnings(selected: list[Selected], out: list[Warning]) -> None:
 _PLAN_CACHE: dict[tuple[Any, ...], Plan] = {}
 
 
-def load_plan(
-    package_dir: Any = None, config: Any = None, plan_id: str | None = None, memo: bool = True
-) -> Plan:
-    """Load and compile the package's plan (cached per arguments within a process)."""
-    key = (str(package_dir), str(config), plan_id, memo)
+def load_plan(package: Any = None, plan: str | None = None, memo: bool = True) -> Plan:
+    """Load and compile a plan of the package (cached per arguments within a process).
+
+    ``package``: a folder, a ``.tgz`` NPM package, a Bundle file or a FHIR server's base URL
+    (default: the project's ``fhir/``); ``plan``: its canonical url (``url`` or ``url|version``)
+    or id, needed when the package holds several plans.
+    """
+    key = (str(package), plan, memo)
     if key not in _PLAN_CACHE:
-        _PLAN_CACHE[key] = Plan(load_knowledge(package_dir, config, plan_id), memo=memo)
+        _PLAN_CACHE[key] = Plan(load_knowledge(package, plan), memo=memo)
     return _PLAN_CACHE[key]

@@ -32,7 +32,9 @@ class NotApplicable(ApplyError):
     """The plan's own conditions exclude the patient (no indication, level limit...)."""
 
     def __init__(self, plan: str, failed: list[ConditionCheck], checked: list[ConditionCheck]) -> None:
-        names = ", ".join(c.name for c in failed)
+        names = "; ".join(
+            f"{c.name} ({c.description.rstrip('.')})" if c.description else c.name for c in failed
+        )
         lines = "; ".join(c.describe() for c in checked)
         super().__init__(
             "plan",

@@ -19,9 +19,12 @@ from typing import Any
 
 import fhirpathpy
 import orjson
+from fhirpathpy.models import models
 
-from procfhir.apply.compiled import Compiled, Unsupported, compile_fast
+from procfhir.apply.compiled import CHOICE_NAMES, Compiled, Unsupported, compile_fast
 from procfhir.apply.errors import KnowledgeError
+
+R4 = models["r4"]  # types: choice elements (Procedure.performed -> performedDateTime), dates
 
 _STRING = re.compile(r"'(?:[^'\\]|\\.)*'")
 _BACKTICK = re.compile(r"`((?:[^`\\]|\\.)*)`")
@@ -39,6 +42,8 @@ def memo_safe(expression: str) -> bool:
     """True when projecting the environment onto the names used cannot change the result."""
     text = _STRING.sub("''", expression)
     if "`" in text or _REFLECTIVE.search(text) or "$this" in text or "$index" in text:
+        return False
+    if set(_WORD.findall(text)) & CHOICE_NAMES:  # performed -> performedDateTime: not a name used
         return False
     for m in _COMPARISON.finditer(text):
         before, after = text[: m.start()], text[m.end() :]
@@ -72,7 +77,7 @@ class Expression:
                 f"{where}: expression language {language!r} is not supported (text/fhirpath)"
             )
         try:
-            self._fn = fhirpathpy.compile(expression)
+            self._fn = fhirpathpy.compile(expression, R4)
         except Exception as exc:  # fhirpathpy raises various parser errors
             raise KnowledgeError(f"{where}: the FHIRPath expression does not parse: {exc}") from None
         self.text = expression

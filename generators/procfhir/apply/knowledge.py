@@ -1,127 +1,460 @@
-"""What ``$apply`` needs from the package: the PlanDefinition, its ActivityDefinitions, the value
-sets of levels and complications, the Consent template, and the mapping (for the consent form).
+"""What ``$apply`` knows, read from FHIR resources only: a package folder, an NPM package
+(``.tgz``), a Bundle (JSON file), or a FHIR server searched by canonical url.
 
-By default the knowledge resources are built in memory from the project's ``package.yaml`` by the
-same builders that write ``fhir/``; ``package_dir`` reads them from a built package instead.
+Nothing here reads the mapping or calls the build: a package built elsewhere, by another tool or
+another hospital, is applied the same way. The knowledge of one plan is its PlanDefinition, the
+ActivityDefinitions it points to, the ValueSets and CodeSystems of the package, the profiles
+(StructureDefinitions) and the Consent templates; :mod:`procfhir.apply.plan` reads from them what
+the plan needs (its body sites, complications, consent form...).
 """
 
 from __future__ import annotations
 
 import json
+import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from procfhir.apply.errors import KnowledgeError
-from procfhir.config import Config, load_config
-from procfhir.errors import BuildError
-from procfhir.model import Document
 
-_TYPES = ("PlanDefinition", "ActivityDefinition", "ValueSet", "CodeSystem", "Consent")
-LEVELS_VALUE_SET = "vertebral-levels"
-COMPLICATIONS_VALUE_SET = "vertebral-augmentation-complications"
+TYPES = ("PlanDefinition", "ActivityDefinition", "ValueSet", "CodeSystem", "Consent", "StructureDefinition")
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_PACKAGE = PROJECT_ROOT / "fhir"
+
+
+@dataclass
+class Resources:
+    """The knowledge resources of a package, indexed (canonical ones by url and url|version)."""
+
+    where: str
+    plans: list[dict[str, Any]] = field(default_factory=list)
+    by_url: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_id: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    consents: list[dict[str, Any]] = field(default_factory=list)
+    profiles: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, res: dict[str, Any], origin: str) -> None:
+        rtype, rid = res.get("resourceType"), res.get("id")
+        if rtype not in TYPES:
+            return
+        if not isinstance(rid, str):
+            raise KnowledgeError(f"{origin}: a {rtype} without an id")
+        old = self.by_id.get((rtype, rid))
+        if old is not None:
+            if old != res:
+                raise KnowledgeError(f"{origin}: two different {rtype} resources with the id {rid}")
+            return
+        self.by_id[(rtype, rid)] = res
+        url = res.get("url")
+        if isinstance(url, str) and rtype != "Consent":
+            keys = [url, f"{url}|{res['version']}"] if res.get("version") else [url]
+            for key in keys:
+                other = self.by_url.get(key)
+                if other is not None and other.get("version") == res.get("version"):
+                    raise KnowledgeError(f"{origin}: two resources with the canonical url {key}")
+                if other is None or key != url:
+                    self.by_url[key] = res
+        if rtype == "PlanDefinition":
+            self.plans.append(res)
+        elif rtype == "Consent":
+            self.consents.append(res)
+        elif rtype == "StructureDefinition":
+            self.profiles.append(res)
+
+    def get(self, canonical: str, rtype: str | None = None) -> dict[str, Any] | None:
+        res = self.by_url.get(canonical)
+        if res is None and "|" in canonical:
+            res = self.by_url.get(canonical.split("|", 1)[0])
+        if res is not None and rtype is not None and res.get("resourceType") != rtype:
+            return None
+        return res
+
+
+def _json(data: bytes, origin: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise KnowledgeError(f"{origin}: not a JSON file: {exc}") from None
+
+
+def _from_folder(folder: Path, out: Resources) -> None:
+    paths = sorted(folder.glob("*.json"))
+    if not paths:
+        raise KnowledgeError(f"{folder}: no FHIR resource (*.json) in the folder")
+    for path in paths:
+        try:
+            res = _json(path.read_bytes(), str(path))
+        except OSError as exc:
+            raise KnowledgeError(f"{path}: cannot read the file: {exc}") from None
+        if isinstance(res, dict):  # a Bundle beside the files repeats them: only the files count
+            out.add(res, str(path))
+
+
+def _from_tgz(path: Path, out: Resources) -> None:
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in sorted(tar.getmembers(), key=lambda m: m.name):
+                name = member.name
+                if not member.isfile() or not name.endswith(".json") or name.rsplit("/", 1)[-1][:1] == ".":
+                    continue
+                if not name.startswith("package/") or name.startswith("package/example/"):
+                    continue  # the package's own resources; examples are not knowledge
+                f = tar.extractfile(member)
+                if f is None:
+                    continue
+                res = _json(f.read(), f"{path}:{name}")
+                if isinstance(res, dict):
+                    out.add(res, f"{path}:{name}")
+    except (OSError, tarfile.TarError) as exc:
+        raise KnowledgeError(f"{path}: not a readable .tgz package: {exc}") from None
+
+
+def _from_bundle(bundle: Any, origin: str, out: Resources) -> None:
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise KnowledgeError(f"{origin}: expected a FHIR Bundle (or a folder, a .tgz package, a server URL)")
+    for i, entry in enumerate(bundle.get("entry") or []):
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(res, dict):
+            out.add(res, f"{origin}: entry[{i}]")
+
+
+def read_resources(source: str | Path | None = None, plan: str | None = None) -> Resources:
+    """The knowledge resources of ``source`` (default: the project's ``fhir/`` folder)."""
+    if isinstance(source, str) and source.startswith(("http://", "https://")):
+        from procfhir.apply.server import read_server
+
+        return read_server(source, plan)
+    path = Path(source) if source is not None else DEFAULT_PACKAGE
+    out = Resources(str(path))
+    if path.is_dir():
+        _from_folder(path, out)
+    elif not path.exists():
+        raise KnowledgeError(f"{path}: no such package (a folder, a .tgz package, a Bundle, or a server URL)")
+    elif path.name.endswith((".tgz", ".tar.gz")):
+        _from_tgz(path, out)
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise KnowledgeError(f"{path}: cannot read the file: {exc}") from None
+        _from_bundle(_json(data, str(path)), str(path), out)
+    return out
+
+
+def resources_from(items: Iterable[dict[str, Any]], where: str = "resources") -> Resources:
+    """Resources given in memory (e.g. by a test or a caller that already holds them)."""
+    out = Resources(where)
+    for i, res in enumerate(items):
+        out.add(res, f"{where}[{i}]")
+    return out
+
+
+def _label(plan: dict[str, Any]) -> str:
+    url = plan.get("url") or f"PlanDefinition/{plan.get('id')}"
+    version = f"|{plan['version']}" if plan.get("version") else ""
+    return f"{url}{version} ({plan.get('title') or plan.get('name') or plan.get('id')})"
+
+
+def select_plan(res: Resources, plan: str | None = None) -> dict[str, Any]:
+    """The PlanDefinition chosen by canonical url (``url`` or ``url|version``) or id."""
+    available = "; ".join(_label(p) for p in sorted(res.plans, key=_label)) or "none"
+    if plan is None:
+        if len(res.plans) == 1:
+            return res.plans[0]
+        if not res.plans:
+            raise KnowledgeError(f"{res.where}: the package has no PlanDefinition")
+        raise KnowledgeError(
+            f"{res.where}: the package has {len(res.plans)} PlanDefinitions; choose one with --plan URL "
+            f"(available: {available})"
+        )
+    url, _, version = plan.partition("|")
+    found = [
+        p
+        for p in res.plans
+        if (p.get("url") == url or p.get("id") == plan) and (not version or p.get("version") == version)
+    ]
+    if len(found) > 1:  # several versions of one url
+        raise KnowledgeError(
+            f"{res.where}: several versions of the plan {plan}; give url|version "
+            f"(available: {'; '.join(_label(p) for p in found)})"
+        )
+    if not found:
+        raise KnowledgeError(f"{res.where}: no PlanDefinition {plan} (available: {available})")
+    return found[0]
+
+
+# -- the knowledge of one plan -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Site:
+    """One body site the plan may treat: its coding and the short label a context may use."""
+
+    coding: dict[str, str]
+    label: str
+    names: frozenset[str]  # lower-case forms a context may give: code, display, label
+
+
+@dataclass(frozen=True)
+class SiteSet:
+    value_set: str  # canonical url
+    name: str  # the value set's id, for messages
+    sites: tuple[Site, ...]
+    label: str | None  # how the text names the sites, when the plan says (forms: "{label} to be treated")
+    required: bool
+
+    def find(self, value: Any) -> Site | None:
+        if isinstance(value, dict):
+            return next(
+                (
+                    s
+                    for s in self.sites
+                    if s.coding["system"] == value.get("system") and s.coding["code"] == value.get("code")
+                ),
+                None,
+            )
+        if isinstance(value, str):
+            key = value.strip().lower()
+            return next((s for s in self.sites if key in s.names), None)
+        return None
+
+
+def value_set_codings(vs: dict[str, Any], res: Resources) -> list[dict[str, str]]:
+    """The codings of a value set, in order: enumerated concepts, or every concept of an included
+    CodeSystem of the package; a filter or an external system it cannot expand is an error."""
+    out: list[dict[str, str]] = []
+    expansion = (vs.get("expansion") or {}).get("contains")
+    if expansion:
+        return [
+            {"system": c["system"], "code": c["code"], "display": c.get("display", c["code"])}
+            for c in expansion
+            if c.get("system") and c.get("code")
+        ]
+    for inc in (vs.get("compose") or {}).get("include", []):
+        system = inc.get("system")
+        if inc.get("filter") or inc.get("valueSet") or not system:
+            raise KnowledgeError(f"ValueSet {vs.get('url')}: only enumerated value sets are applied")
+        concepts = inc.get("concept")
+        if concepts is None:
+            cs = res.get(system, "CodeSystem")
+            if cs is None:
+                raise KnowledgeError(f"ValueSet {vs.get('url')}: the package has no CodeSystem {system}")
+            concepts = _flat(cs.get("concept") or [])
+        for c in concepts:
+            out.append({"system": system, "code": c["code"], "display": c.get("display", c["code"])})
+    return out
+
+
+def _flat(concepts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [x for c in concepts for x in (c, *_flat(c.get("concept") or []))]
+
+
+def _site_set(vs: dict[str, Any], res: Resources, label: str | None, required: bool) -> SiteSet:
+    codings = value_set_codings(vs, res)
+    firsts = [c["display"].split(" ", 1)[0] for c in codings]
+    unique = len({f.lower() for f in firsts}) == len(firsts)
+    sites = []
+    for c, first in zip(codings, firsts, strict=True):
+        short = first if unique else c["display"]  # the first word of the display when it names one site
+        names = frozenset(n.lower() for n in (c["code"], c["display"], short))
+        sites.append(Site(c, short, names))
+    return SiteSet(vs["url"], vs.get("id", vs["url"]), tuple(sites), label, required)
+
+
+def _element(sd: dict[str, Any], path: str) -> dict[str, Any] | None:
+    for e in (sd.get("differential") or {}).get("element", []) or (sd.get("snapshot") or {}).get(
+        "element", []
+    ):
+        if e.get("id") == path or e.get("path") == path:
+            return e  # type: ignore[no-any-return]
+    return None
+
+
+def _binding(sd: dict[str, Any] | None, path: str) -> str | None:
+    e = _element(sd, path) if sd else None
+    vs = ((e or {}).get("binding") or {}).get("valueSet")
+    return vs if isinstance(vs, str) else None
+
+
+def _walk_actions(actions: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    for a in actions:
+        yield a
+        yield from _walk_actions(a.get("action") or [])
+
+
+def _codings(concepts: Any) -> set[tuple[str, str]]:
+    if isinstance(concepts, dict):
+        concepts = [concepts]
+    return {
+        (c.get("system", ""), c.get("code", ""))
+        for cc in concepts or []
+        if isinstance(cc, dict)
+        for c in cc.get("coding") or []
+        if isinstance(c, dict)
+    }
 
 
 @dataclass
 class Knowledge:
-    cfg: Config
-    mapping: Document
+    """One plan and what ``$apply`` reads about it from the package's resources."""
+
+    resources: Resources
     plan: dict[str, Any]
-    activities: dict[str, dict[str, Any]]  # by canonical url (and url|version)
-    value_sets: dict[str, dict[str, Any]]  # by id
-    code_systems: dict[str, dict[str, Any]]  # by url
-    consent_template: dict[str, Any]
-    extra: dict[str, Any] = field(default_factory=dict)
+    activities: dict[str, dict[str, Any]]  # by canonical (as the actions give it)
+    procedure_profile: dict[str, Any] | None
+    sites: SiteSet | None
+    complications: str | None  # canonical url of the plan's complications value set
+    procedures: str | None  # canonical url of the value set of the plan's procedure codes
+    consent_template: dict[str, Any] | None
+    action_codings: set[tuple[str, str]]
+    base: str  # the canonical base of the plan's package (its extensions' urls start with it)
 
-    def value_set_codings(self, vs_id: str) -> list[dict[str, str]]:
-        """The codings of an enumerated (compose.include.concept) value set, in order."""
-        vs = self.value_sets.get(vs_id)
+    def extension_url(self, name: str) -> str:
+        return f"{self.base}/StructureDefinition/{name}"
+
+    def extensions(self, element: dict[str, Any], name: str) -> list[dict[str, Any]]:
+        url = self.extension_url(name)
+        return [e for e in element.get("extension") or [] if isinstance(e, dict) and e.get("url") == url]
+
+    def value_set(self, canonical: str) -> dict[str, Any]:
+        vs = self.resources.get(canonical, "ValueSet")
         if vs is None:
-            raise KnowledgeError(f"the package has no ValueSet {vs_id}")
-        out = []
-        for inc in vs.get("compose", {}).get("include", []):
-            for c in inc.get("concept", []):
-                out.append(
-                    {"system": inc["system"], "code": c["code"], "display": c.get("display", c["code"])}
-                )
-        return out
+            raise KnowledgeError(f"{self.resources.where}: the package has no ValueSet {canonical}")
+        return vs
+
+    def value_set_codings(self, canonical: str) -> list[dict[str, str]]:
+        return value_set_codings(self.value_set(canonical), self.resources)
+
+    def code_system(self, system: str) -> dict[str, Any] | None:
+        return self.resources.get(system, "CodeSystem")
 
 
-def _read_package(package_dir: Path) -> list[dict[str, Any]]:
-    if not package_dir.is_dir():
-        raise KnowledgeError(f"{package_dir}: not a directory (expected a built package, e.g. fhir/)")
-    out = []
-    for path in sorted(package_dir.glob("*.json")):
-        if path.name.split("-", 1)[0] not in _TYPES:
+def _procedure_profile(res: Resources, codes: set[tuple[str, str]]) -> dict[str, Any] | None:
+    """The Procedure profile of the plan: the one of the package, or the one whose Procedure.code
+    binding holds a code of the plan's actions."""
+    candidates = [
+        sd
+        for sd in res.profiles
+        if sd.get("type") == "Procedure"
+        and sd.get("derivation") == "constraint"
+        and sd.get("kind") == "resource"
+    ]
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    fitting = []
+    for sd in candidates:
+        vs_url = _binding(sd, "Procedure.code")
+        vs = res.get(vs_url, "ValueSet") if vs_url else None
+        if vs is not None and codes & {(c["system"], c["code"]) for c in value_set_codings(vs, res)}:
+            fitting.append(sd)
+    if len(fitting) > 1:
+        urls = ", ".join(sorted(sd.get("url", "") for sd in fitting))
+        raise KnowledgeError(f"{res.where}: several Procedure profiles fit the plan ({urls})")
+    return fitting[0] if fitting else None
+
+
+def _consent_template(res: Resources, codes: set[tuple[str, str]]) -> dict[str, Any] | None:
+    """The Consent template whose provision names a procedure of the plan."""
+    fitting = [c for c in res.consents if _codings((c.get("provision") or {}).get("code")) & codes]
+    if len(fitting) > 1:
+        ids = ", ".join(sorted(c["id"] for c in fitting))
+        raise KnowledgeError(f"{res.where}: several Consent templates name the plan's procedures ({ids})")
+    return fitting[0] if fitting else None
+
+
+def load_knowledge(source: str | Path | None = None, plan: str | None = None) -> Knowledge:
+    """Read the package and the chosen plan; raise :class:`KnowledgeError` naming what is missing."""
+    res = read_resources(source, plan)
+    return knowledge_of(res, select_plan(res, plan))
+
+
+def _plan_value_sets(plan: dict[str, Any], base: str) -> dict[str, dict[str, Any]]:
+    """The plan's ``plan-value-set`` extensions by role: valueSet, label, each, required."""
+    out: dict[str, dict[str, Any]] = {}
+    for ext in plan.get("extension") or []:
+        if not isinstance(ext, dict) or ext.get("url") != f"{base}/StructureDefinition/plan-value-set":
             continue
-        try:
-            res = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise KnowledgeError(f"{path}: cannot read the resource: {exc}") from None
-        if isinstance(res, dict) and res.get("resourceType") in _TYPES:
-            out.append(res)
+        parts: dict[str, Any] = {}
+        for sub in ext.get("extension") or []:
+            value = next((v for k, v in sub.items() if k.startswith("value")), None)
+            parts[sub.get("url")] = value
+        role = parts.get("role")
+        if not isinstance(role, str) or not isinstance(parts.get("valueSet"), str):
+            raise KnowledgeError(
+                f"PlanDefinition/{plan.get('id')}: a plan-value-set without role or valueSet"
+            )
+        if role in out:
+            raise KnowledgeError(f"PlanDefinition/{plan.get('id')}: two plan value sets of role {role}")
+        out[role] = parts
     return out
 
 
-def _build_in_memory(cfg: Config, mappings: list[Document]) -> list[dict[str, Any]]:
-    from procfhir.builders.consent import build_consent
-    from procfhir.builders.plandefinition import build_activities, build_plan
-    from procfhir.builders.terminology import build_codesystem, build_value_sets
-
-    out = [build_codesystem(cfg, mappings)]
-    for m in mappings:
-        out += build_value_sets(cfg, m)
-        out += build_activities(cfg, m)
-        out.append(build_plan(cfg, m))
-        out.append(build_consent(cfg, m))
-    return out
-
-
-def load_knowledge(
-    package_dir: str | Path | None = None,
-    config: str | Path | None = None,
-    plan_id: str | None = None,
-) -> Knowledge:
-    """Load the plan and what it refers to; raise :class:`KnowledgeError` naming what is missing."""
-    from procfhir.build import load_mappings
-
-    try:
-        cfg = load_config(config)
-        mappings = load_mappings(cfg)
-    except BuildError as exc:
-        raise KnowledgeError(str(exc)) from None
-    resources = (
-        _read_package(Path(package_dir)) if package_dir is not None else _build_in_memory(cfg, mappings)
-    )
-    plans = [r for r in resources if r["resourceType"] == "PlanDefinition"]
-    if plan_id is not None:
-        plans = [p for p in plans if p.get("id") == plan_id]
-    if not plans:
-        where = package_dir or cfg.path
-        raise KnowledgeError(f"{where}: no PlanDefinition{' ' + plan_id if plan_id else ''} found")
-    if len(plans) > 1:
-        ids = ", ".join(sorted(p["id"] for p in plans))
-        raise KnowledgeError(f"several PlanDefinitions ({ids}): choose one with plan_id")
-    plan = plans[0]
-    mapping = next((m for m in mappings if m.plan.id == plan["id"]), None)
-    if mapping is None:
-        raise KnowledgeError(f"no mapping of {cfg.path} defines the plan {plan['id']}")
+def knowledge_of(res: Resources, plan: dict[str, Any]) -> Knowledge:
+    where = f"PlanDefinition/{plan.get('id')}"
+    base = str(plan.get("url") or "").rsplit("/PlanDefinition/", 1)[0]
+    roles = _plan_value_sets(plan, base)
     activities: dict[str, dict[str, Any]] = {}
-    for r in resources:
-        if r["resourceType"] == "ActivityDefinition" and r.get("url"):
-            activities[r["url"]] = r
-            if r.get("version"):
-                activities[f"{r['url']}|{r['version']}"] = r
-    consent_id = mapping.consent.id
-    consent = next((r for r in resources if r["resourceType"] == "Consent" and r["id"] == consent_id), None)
-    if consent is None:
-        raise KnowledgeError(f"the package has no Consent template {consent_id}")
+    codes: set[tuple[str, str]] = set()
+    for a in _walk_actions(plan.get("action") or []):
+        codes |= _codings(a.get("code"))
+        canonical = a.get("definitionCanonical")
+        if canonical:
+            ad = res.get(canonical)
+            if ad is None:
+                raise KnowledgeError(
+                    f"PlanDefinition/{plan.get('id')}: action {a.get('id')}: definitionCanonical {canonical} "
+                    f"is not in {res.where}"
+                )
+            activities[canonical] = ad
+            codes |= _codings(ad.get("code"))
+    profile_url = next(
+        (
+            e.get("valueCanonical")
+            for e in plan.get("extension") or []
+            if isinstance(e, dict) and e.get("url") == f"{base}/StructureDefinition/procedure-profile"
+        ),
+        None,
+    )
+    if profile_url:
+        profile = res.get(profile_url, "StructureDefinition")
+        if profile is None:
+            raise KnowledgeError(f"{where}: its Procedure profile {profile_url} is not in {res.where}")
+    else:  # a package without the plan's declarations: the Procedure profile that fits
+        profile = _procedure_profile(res, codes)
+    sites = None
+    if roles:  # the plan declares its value sets: no body-site entry, no body sites
+        site_role = roles.get("body-site")
+        sites_url = site_role["valueSet"] if site_role else None
+        label = site_role.get("label") if site_role else None
+        required = bool(site_role.get("required", True)) if site_role else False
+    else:
+        sites_url = _binding(profile, "Procedure.bodySite")
+        element = _element(profile, "Procedure.bodySite") if profile else None
+        label, required = None, bool(element and element.get("min", 0) >= 1)
+    if sites_url:
+        vs = res.get(sites_url, "ValueSet")
+        if vs is None:
+            raise KnowledgeError(
+                f"{res.where}: the package has no ValueSet {sites_url} (the plan's body sites)"
+            )
+        sites = _site_set(vs, res, label, required)
+
+    def role(name: str, path: str) -> str | None:
+        if name in roles:
+            return str(roles[name]["valueSet"])
+        return None if roles else _binding(profile, path)
+
     return Knowledge(
-        cfg=cfg,
-        mapping=mapping,
+        resources=res,
         plan=plan,
         activities=activities,
-        value_sets={r["id"]: r for r in resources if r["resourceType"] == "ValueSet"},
-        code_systems={r["url"]: r for r in resources if r["resourceType"] == "CodeSystem" and r.get("url")},
-        consent_template=consent,
+        procedure_profile=profile,
+        sites=sites,
+        complications=role("complication", "Procedure.complication"),
+        procedures=role("procedure", "Procedure.code"),
+        consent_template=_consent_template(res, codes),
+        action_codings=codes,
+        base=base,
     )

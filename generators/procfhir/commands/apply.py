@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from procfhir.apply.errors import ApplyError, KnowledgeError
-from procfhir.commands.options import config_option
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -41,25 +40,30 @@ def _write_atomic(path: Path, text: str) -> None:
 )
 @click.option(
     "--package",
-    "package_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Take the plan from a built package folder (default: built in memory from package.yaml).",
+    "package",
+    help="The package: a folder of FHIR resources, an NPM package (.tgz), a Bundle (.json) or a "
+    "FHIR server's base URL (default: the project's fhir/ folder).",
 )
-@config_option
+@click.option(
+    "--plan",
+    "plan",
+    help="The PlanDefinition's canonical url (url or url|version) or id; needed when the package "
+    "holds several plans.",
+)
 @click.option("--workers", default=1, show_default=True, help="Batch: worker processes.")
 @click.option("--overwrite", is_flag=True, help="Batch: replace an existing, non-empty output folder.")
 def command(
     context: Path | None,
     batch: Path | None,
     out: Path | None,
-    package_dir: Path | None,
-    config: Path | None,
+    package: str | None,
+    plan: str | None,
     workers: int,
     overwrite: bool,
 ) -> None:
-    """Apply the PlanDefinition to a patient CONTEXT (JSON object or collection Bundle), or to
-    every line of --batch; print or write CarePlan, RequestGroup, ServiceRequests, Consent and
-    Procedure."""
+    """Apply a PlanDefinition of the package to a patient CONTEXT (JSON object or collection
+    Bundle), or to every line of --batch; print or write CarePlan, RequestGroup, the requests of
+    the selected actions, Consent and Procedure."""
     if (context is None) == (batch is None):
         raise click.UsageError("give either a CONTEXT file or --batch FILE")
     try:
@@ -68,9 +72,7 @@ def command(
                 raise click.UsageError("--batch needs --out DIR")
             from procfhir.apply.batch import apply_batch
 
-            report = apply_batch(
-                batch, out, package_dir=package_dir, config=config, workers=workers, overwrite=overwrite
-            )
+            report = apply_batch(batch, out, package=package, plan=plan, workers=workers, overwrite=overwrite)
             click.echo(
                 f"{report.applied} of {report.contexts} context(s) applied, {report.failed} failed, "
                 f"{report.warnings} warning(s); wrote {out}",
@@ -81,16 +83,18 @@ def command(
                 raise SystemExit(1)
             return
         assert context is not None
+        from procfhir.apply import Applier
+        from procfhir.apply.engine import load_plan
+
+        load_plan(package, plan)
         try:
             obj = json.loads(context.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ApplyError("context", f"{context}: no such file") from None
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ApplyError("context", f"{context}: not a JSON file: {exc}") from None
-        from procfhir.apply import Applier
-        from procfhir.apply.engine import load_plan
-
-        result = Applier(load_plan(package_dir, config)).apply(obj)
+        applier = Applier(load_plan(package, plan))  # the package first: its errors come first
+        result = applier.apply(obj)
         bundle = {
             "resourceType": "Bundle",
             "type": "collection",

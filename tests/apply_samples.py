@@ -70,7 +70,7 @@ def sample_context(i: int, rng: random.Random, bad: str | None = None) -> dict[s
         },
         "conditions": conditions,
         "technique": rng.choice(["vertebroplasty", "kyphoplasty"]),
-        "levels": LEVELS[start : start + n_levels],
+        "sites": LEVELS[start : start + n_levels],
         "date": f"2026-12-{rng.randint(1, 28):02d}",
         "performer": {"reference": f"Practitioner/dr-{rng.randint(1, 20)}"},
         "organization": {"reference": "Organization/example-hospital"},
@@ -79,11 +79,11 @@ def sample_context(i: int, rng: random.Random, bad: str | None = None) -> dict[s
         ctx["conditions"] = [_condition(pid, f"cond-{i}-9", *OTHER[0], rng)]
     elif bad == "lung-3-levels":
         ctx["conditions"].append(_condition(pid, f"cond-{i}-8", *LUNG[0], rng))
-        ctx["levels"] = ["T12", "L1", "L2"]
+        ctx["sites"] = ["T12", "L1", "L2"]
     elif bad == "unknown-level":
-        ctx["levels"] = ["L7"]
+        ctx["sites"] = ["L7"]
     elif bad == "duplicate-level":
-        ctx["levels"] = ["L1", "L1"]
+        ctx["sites"] = ["L1", "L1"]
     elif bad == "unknown-technique":
         ctx["technique"] = "cementoplasty"
     elif bad == "no-patient":
