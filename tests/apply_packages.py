@@ -152,7 +152,7 @@ HAS_INDICATION = (
 )
 TAKES_THINNER = (
     "%medications.where(status = 'active' or status = 'intended' or status = 'on-hold')"
-    f".medicationCodeableConcept.coding.where({_codes_expr(['med-thinner'])}).exists()"
+    f".medication.coding.where({_codes_expr(['med-thinner'])}).exists()"
 )
 PRIOR = (
     f"%priorProcedures.where(status = 'completed' and code.coding.where({_codes_expr(['proc-x'])}).exists())"

@@ -184,8 +184,9 @@ class ConsentForm:
         t = self.template
         html, div, code = self.texts(ctx.technique, ctx.patient_name, ctx.site_labels)
         out: dict[str, Any] = {"resourceType": "Consent", "id": rid}
-        if "meta" in t:
-            out["meta"] = t["meta"]
+        profiles = (t.get("meta") or {}).get("profile")
+        if profiles:  # not the template's versionId, lastUpdated, source (a server's)
+            out["meta"] = {"profile": profiles}
         out["text"] = {"status": "generated", "div": div}
         if "extension" in t:
             out["extension"] = t["extension"]
