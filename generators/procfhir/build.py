@@ -31,6 +31,7 @@ from procfhir.packaging import (
 )
 from procfhir.safeout import check_folder
 from procfhir.source import load_source
+from procfhir.terminology.verify import verify_mappings
 from procfhir.terminology_report import report_markdown, terminology_report
 from procfhir.trace import build_trace
 
@@ -161,7 +162,11 @@ def build(
     inexact = provenance_problems(resources, cfg.url("StructureDefinition", "source-text"))
     if inexact:  # a defect of the generator, never of the input: say so plainly
         raise BuildError("the package's provenance is not exact (a bug in the generator)", inexact)
-    terminology = terminology_report(cfg, mappings, resources)
+    from procfhir.builders.provenance import CODES as PROVENANCE_CODES
+
+    # every standard code against the installed terminology content
+    checks = verify_mappings(mappings, extra=PROVENANCE_CODES)
+    terminology = terminology_report(cfg, mappings, resources, checks)
     trace = build_trace(cfg, mappings, resources)
     refusal = signoff.signoff_check(cfg.status, mappings, comparisons, trace)
     if refusal is not None and enforce_signoff:

@@ -243,7 +243,15 @@ _NO_ACTIVITY = Activity("", "ServiceRequest", "", "", "", (), ())
 
 def _codes(r: _Resolver, data: dict[str, Any], local_system: str) -> None:
     for key, c in data["codes"].items():
-        r.codes[key] = Code(key, c["system"], c["code"], c["display"], c["source"], defined_at=r.where(key))
+        r.codes[key] = Code(
+            key,
+            c["system"],
+            c["code"],
+            c["display"],
+            c["source"],
+            defined_at=r.where(key),
+            synonym_source=c.get("synonym_source"),
+        )
     for key, c in data["local_codes"].items():
         if key in r.codes:
             r.problems.append(f"{r.where(key)}: local code {key!r} is also a standard code key")
@@ -259,6 +267,7 @@ def _codes(r: _Resolver, data: dict[str, Any], local_system: str) -> None:
             definition=c["definition"],
             quotes=quotes,
             defined_at=r.where(key),
+            no_standard_code=c.get("no_standard_code"),
         )
 
 

@@ -44,6 +44,8 @@ class Code:
     definition: str | None = None  # local codes only
     quotes: Quotes = ()
     defined_at: str = ""  # "file:line" of the definition in the mapping
+    synonym_source: str | None = None  # the display is an allowed synonym, as this source states
+    no_standard_code: str | None = None  # local codes: why no standard code is used
 
     def coding(self) -> dict[str, str]:
         return {"system": self.system, "code": self.code, "display": self.display}

@@ -21,7 +21,8 @@ SCOPE = {
         }
     ]
 }
-CATEGORY = [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Consent Document"}]}]
+# LOINC 59284-0 with the display R4 core's consent-category value set gives it (the build verifies it)
+CATEGORY = [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}]
 
 
 def disclosed_risks(cfg: Config, d: Document) -> list[dict[str, Any]]:

@@ -57,6 +57,10 @@ class Concept:
     def origin(self) -> Source:
         return SOURCES[self.source]
 
+    @classmethod
+    def _make_row(cls, row: tuple[str, ...]) -> Concept:
+        return cls(*row)
+
     def cite(self) -> str:
         """Package, version and exact entry, e.g. for the terminology report."""
         s = self.origin
@@ -132,7 +136,13 @@ class Store:
         where = " AND ".join("(display || ' ' || note) LIKE ? ESCAPE '\\'" for _ in terms)
         args = ["%" + t.replace("_", "\\_") + "%" for t in terms]
         rows = self._con.execute(f"SELECT {_COLUMNS} FROM concepts WHERE {where}", args).fetchall()
-        found = [Concept(*r) for r in rows]
+        # every word must start a word of the text ("cement" is not found in "displacement")
+        starts = [re.compile(rf"\b{re.escape(t)}", re.IGNORECASE) for t in terms]
+        found = [
+            c
+            for c in map(Concept._make_row, rows)
+            if all(rx.search(f"{c.display} {c.note}") for rx in starts)
+        ]
 
         def rank(c: Concept) -> tuple[Any, ...]:
             text = f"{c.display} {c.note}".lower()
