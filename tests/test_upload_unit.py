@@ -144,7 +144,7 @@ def test_bad_input_is_a_clear_error(tmp_path) -> None:
         load_resources(tmp_path / "missing")
     bad = tmp_path / "bad.json"
     bad.write_text('{"resourceType": "Patient",')
-    with pytest.raises(UploadError, match=r"bad.json: not valid JSON \(line 1"):
+    with pytest.raises(UploadError, match=r"bad.json:1: not valid JSON"):
         load_resources(bad)
     (tmp_path / "notgz.tgz").write_text("plain")
     with pytest.raises(UploadError, match="not a readable .tgz"):

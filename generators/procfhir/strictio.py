@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 MAX_DEPTH = 64
 MAX_FILE_BYTES = 256 * 1024 * 1024  # one JSON or YAML document
@@ -56,7 +57,7 @@ def read_bytes(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES, what: str =
         with open(p, "rb") as f:
             data = f.read(max_bytes + 1)
     except FileNotFoundError:
-        raise StrictInputError(str(p), f"no such {what}") from None
+        raise StrictInputError(str(p), "no such file") from None
     except IsADirectoryError:
         raise StrictInputError(str(p), f"is a folder, not a {what}") from None
     except PermissionError:
@@ -71,7 +72,7 @@ def read_bytes(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES, what: str =
 def decode_utf8(data: bytes, where: str) -> str:
     """UTF-8 text (a leading byte order mark dropped); anything else is refused, naming the line."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise StrictInputError(where, "is UTF-16 text; save it as UTF-8")
+        raise StrictInputError(where, "is UTF-16 text, not UTF-8; save it as UTF-8")
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
@@ -86,6 +87,26 @@ def decode_utf8(data: bytes, where: str) -> str:
 
 def read_text(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES, what: str = "file") -> str:
     return decode_utf8(read_bytes(path, max_bytes=max_bytes, what=what), str(path))
+
+
+OVERLONG_LINE = b"\x00procfhir: overlong line\x00"
+
+
+def bounded_lines(stream: IO[bytes], max_bytes: int) -> Iterator[bytes]:
+    """The lines of a binary stream (NDJSON), never holding more than ``max_bytes`` of one line:
+    a longer line is skipped and stands as :data:`OVERLONG_LINE`, so that line numbers hold."""
+    while True:
+        line = stream.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) > max_bytes and not line.endswith(b"\n"):
+            while True:  # drop the rest of the line, a bounded piece at a time
+                rest = stream.readline(1024 * 1024)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield OVERLONG_LINE
+            continue
+        yield line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,8 +173,18 @@ def _constant(name: str) -> Any:
     raise _Bad(f"{name} is not a JSON number (NaN and Infinity are not allowed)")
 
 
-class _Bad(Exception):
+class _Bad(ValueError):
     pass
+
+
+def strict_float(text: str) -> float:
+    """A JSON number with a fraction or exponent; ValueError when out of range (json's parse_float)."""
+    return _float(text)
+
+
+def strict_int(text: str) -> int:
+    """A JSON integer; ValueError beyond 64 bits (json's parse_int)."""
+    return _int(text)
 
 
 def _float(text: str) -> float:

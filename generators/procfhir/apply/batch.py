@@ -27,6 +27,9 @@ import orjson
 
 from procfhir.apply.errors import ApplyError, KnowledgeError, NotApplicable
 from procfhir.safeout import check_folder, staged_folder
+from procfhir.strictio import OVERLONG_LINE, StrictInputError, bounded_lines, loads_json
+
+MAX_LINE_BYTES = 64 * 1024 * 1024  # one context (NDJSON line)
 
 CHUNK = 256
 
@@ -89,10 +92,12 @@ def apply_lines(chunk: list[tuple[int, bytes]]) -> list[tuple[int, list[tuple[st
     out: list[tuple[int, list[tuple[str, str]], int, str | None]] = []
     for lineno, raw in chunk:
         try:
+            if raw == OVERLONG_LINE:
+                raise ApplyError("context", f"the line is longer than {MAX_LINE_BYTES:,} bytes")
             try:
-                obj = json.loads(raw)
-            except ValueError as exc:
-                raise ApplyError("context", f"not valid JSON: {exc}") from None
+                obj = loads_json(raw, "")
+            except StrictInputError as exc:
+                raise ApplyError("context", exc.problem) from None
             result = applier.apply(obj)
         except (ApplyError, KnowledgeError) as exc:
             out.append((lineno, [], 0, json.dumps(failure_outcome(lineno, exc), ensure_ascii=False)))
@@ -172,7 +177,7 @@ def apply_batch(
         try:
             with open(in_path, "rb") as src:
                 if workers <= 1:
-                    for chunk in _chunks(src, CHUNK):
+                    for chunk in _chunks(bounded_lines(src, MAX_LINE_BYTES), CHUNK):
                         writer.write(apply_lines(chunk))
                 else:
                     _run_parallel(src, writer, workers, args)
@@ -190,7 +195,7 @@ def _run_parallel(src: IO[bytes], writer: _Writer, workers: int, args: tuple[Any
     ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else None
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(args,)) as pool:
         pending: deque[Future[Any]] = deque()
-        for chunk in _chunks(src, CHUNK):
+        for chunk in _chunks(bounded_lines(src, MAX_LINE_BYTES), CHUNK):
             pending.append(pool.submit(apply_lines, chunk))
             if len(pending) >= 2 * workers:
                 writer.write(pending.popleft().result())

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from procfhir.apply.errors import ApplyError, KnowledgeError
+from procfhir.safeout import write_file
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _our_bundle(path: Path) -> bool:
+    """An existing --out file is replaced only when it is a Bundle (what this command writes)."""
+    from procfhir.strictio import StrictInputError, read_json
+
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        obj = read_json(path, max_bytes=256 * 1024 * 1024)
+    except StrictInputError:
+        return False
+    return isinstance(obj, dict) and obj.get("resourceType") == "Bundle"
 
 
 @click.command("apply")
@@ -50,7 +48,9 @@ def _write_atomic(path: Path, text: str) -> None:
     help="The PlanDefinition's canonical url (url or url|version) or id; needed when the package "
     "holds several plans.",
 )
-@click.option("--workers", default=1, show_default=True, help="Batch: worker processes.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Batch: worker processes."
+)
 @click.option("--overwrite", is_flag=True, help="Batch: replace an existing, non-empty output folder.")
 def command(
     context: Path | None,
@@ -85,14 +85,13 @@ def command(
         assert context is not None
         from procfhir.apply import Applier
         from procfhir.apply.engine import load_plan
+        from procfhir.strictio import StrictInputError, read_json
 
         load_plan(package, plan)
         try:
-            obj = json.loads(context.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ApplyError("context", f"{context}: no such file") from None
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise ApplyError("context", f"{context}: not a JSON file: {exc}") from None
+            obj = read_json(context, max_bytes=64 * 1024 * 1024)
+        except StrictInputError as exc:
+            raise ApplyError("context", str(exc)) from None
         applier = Applier(load_plan(package, plan))  # the package first: its errors come first
         result = applier.apply(obj)
         bundle = {
@@ -106,7 +105,7 @@ def command(
         if out is None:
             click.echo(text, nl=False)
         else:
-            _write_atomic(out, text)
+            write_file(out, text.encode("utf-8"), may_replace=_our_bundle)
             click.echo(f"wrote {len(result.resources)} resources to {out}", err=True)
     except ApplyError as exc:
         where = f"{context}: " if context is not None else ""

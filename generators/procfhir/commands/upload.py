@@ -136,6 +136,26 @@ def _make_auth(kind: str, o: dict[str, Any]) -> Any:
     show_default=True,
     help="Attempts per request on 429/502/503/504 and dropped connections.",
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3600.0,
+    show_default=True,
+    help="Seconds the whole upload may take; a silent or slow server ends it with a message.",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds one request (connection, sending, the whole answer) may take.",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="With --conditional: where the server holds several copies of one canonical url|version, "
+    "keep one (the one equal to ours, else the oldest) and delete the others.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(
     path: Path,
@@ -152,6 +172,9 @@ def command(
     max_attempts: int,
     quiet: bool,
     workers: int,
+    timeout: float,
+    request_timeout: float,
+    repair: bool,
     **auth_opts: Any,
 ) -> None:
     """Upload the resources in PATH (folder, Bundle file or .tgz package) to a FHIR server.
@@ -170,6 +193,8 @@ def command(
             verify_tls=str(ca_bundle) if ca_bundle else True,
             retry=RetryPolicy(max_attempts=max_attempts),
             allow_insecure_http=allow_insecure_http,
+            timeout=(min(10.0, request_timeout), min(120.0, request_timeout)),
+            request_deadline=request_timeout,
         )
     except UploadError as exc:
         _say(f"upload: {exc}", err=True)
@@ -198,13 +223,15 @@ def command(
             validate=validate,
             progress=progress,
             workers=workers,
+            timeout=timeout,
+            repair=repair,
         )
     except UploadError as exc:
         _say(f"upload: {exc}", err=True)
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - never a traceback; the type names the bug
-        _say(f"upload: internal error ({type(exc).__name__}: {exc})", err=True)
-        sys.exit(1)
+        _say(f"upload: internal error ({type(exc).__name__}: {exc}); please report it", err=True)
+        sys.exit(2)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
@@ -223,7 +250,8 @@ def command(
     for issue in report.issues:
         _say(issue.line())
     _say(report.summary_table())
-    if report.fatal:
+    if report.fatal:  # the upload could not go on (server unreachable, time limit, redirect...)
         _say(f"upload: {report.fatal}", err=True)
-    if not report.ok:
+        sys.exit(2)
+    if not report.ok:  # the server refused resources, or --verify found differences
         sys.exit(1)

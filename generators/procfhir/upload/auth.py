@@ -22,22 +22,58 @@ JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SMART_ALGORITHMS = ("RS384", "ES384")
 
 
+MAX_SECRET_BYTES = 64 * 1024
+
+
+def check_secret(value: str, what: str, source: str) -> str:
+    """Refuse a secret holding control characters (a line break, a NUL...), without echoing it.
+
+    Such a secret cannot go into an HTTP header; sent anyway, parts of it end up in error
+    messages. A private key (PEM) may hold line breaks and nothing else."""
+    allowed = "\n\r" if what == "private key" else ""
+    bad = [c for c in value if (ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0) and c not in allowed]
+    if bad:
+        kind = "a line break" if bad[0] in "\r\n" else "a control character"
+        raise AuthError(
+            f"the {what} in {source} contains {kind} ({len(bad)} in all); refusing to use it. "
+            f"Store the {what} alone, on one line"
+        )
+    if what != "private key" and not value.isascii():
+        raise AuthError(f"the {what} in {source} holds non-ASCII characters; refusing to use it")
+    return value
+
+
 def read_secret(*, env: str | None = None, file: str | Path | None = None, what: str = "secret") -> str:
-    """The secret from the file (first line, stripped) or else the environment variable."""
+    """The secret from the file (one line; a final line break is dropped) or else the environment
+    variable; refused (never echoed) when empty, too long or holding control characters."""
     if file is not None:
+        source = f"the file {file}"
         try:
-            text = Path(file).read_text(encoding="utf-8")
+            with open(file, "rb") as f:
+                raw = f.read(MAX_SECRET_BYTES + 1)
+        except IsADirectoryError:
+            raise AuthError(f"the {what} file {file} is a folder") from None
         except OSError as exc:
             raise AuthError(f"cannot read the {what} file {file}: {exc.strerror}") from None
-        value = text.strip() if what != "private key" else text
+        if len(raw) > MAX_SECRET_BYTES:
+            raise AuthError(f"the {what} file {file} is larger than {MAX_SECRET_BYTES:,} bytes")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise AuthError(f"the {what} file {file} is not UTF-8 text") from None
+        if what == "private key":
+            value = text
+        else:
+            value = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+            value = value.strip(" \t")
         if not value.strip():
             raise AuthError(f"the {what} file {file} is empty")
-        return value
+        return check_secret(value, what, source)
     if env is not None:
-        value = os.environ.get(env)
-        if not value:
+        from_env = os.environ.get(env)
+        if not from_env:
             raise AuthError(f"the {what} is expected in the environment variable {env}, which is not set")
-        return value
+        return check_secret(from_env, what, f"the environment variable {env}")
     raise AuthError(f"no {what} given (use an environment variable or a file)")
 
 
@@ -67,6 +103,9 @@ class BasicAuth(Auth):
     def __init__(self, user: str, password: str) -> None:
         if not user:
             raise AuthError("HTTP Basic authentication needs a user name")
+        if ":" in user or not user.isprintable():
+            raise AuthError("the user name must be printable and hold no ':'")
+        check_secret(password, "password", "the password given")
         token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         self._header = f"Basic {token}"
         self.user = user
@@ -86,7 +125,7 @@ class BearerAuth(Auth):
         token = token.strip()
         if not token:
             raise AuthError("the bearer token is empty")
-        self._token = token
+        self._token = check_secret(token, "token", "the token given")
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["Authorization"] = f"Bearer {self._token}"
@@ -135,7 +174,7 @@ class SmartBackendAuth(Auth):
         ):
             raise AuthError("ES384 needs an EC P-384 private key")
         self._jwt = jwt
-        self._key = key
+        self._key: Any = key
         self.client_id = client_id
         self.algorithm = algorithm
         self.key_id = key_id
@@ -165,10 +204,15 @@ class SmartBackendAuth(Auth):
         url = f"{self._base_url}/.well-known/smart-configuration"
         try:
             resp = self._session.get(
-                url, timeout=self._timeout, verify=self._verify, headers={"Accept": "application/json"}
+                url,
+                timeout=self._timeout,
+                verify=self._verify,
+                headers={"Accept": "application/json"},
+                allow_redirects=False,
             )
         except requests.RequestException as exc:
             raise AuthError(f"cannot read {url}: {type(exc).__name__}") from None
+        _refuse_redirect(resp, url)
         if resp.status_code != 200:
             raise AuthError(f"{url} answered HTTP {resp.status_code}; give the token endpoint explicitly")
         try:
@@ -195,7 +239,8 @@ class SmartBackendAuth(Auth):
             headers["kid"] = self.key_id
         if self.jku:
             headers["jku"] = self.jku
-        return self._jwt.encode(claims, self._key, algorithm=self.algorithm, headers=headers)
+        assertion: str = self._jwt.encode(claims, self._key, algorithm=self.algorithm, headers=headers)
+        return assertion
 
     def _fetch_token(self) -> None:
         from procfhir.upload.client import check_url_security
@@ -218,9 +263,11 @@ class SmartBackendAuth(Auth):
                 timeout=self._timeout,
                 verify=self._verify,
                 headers={"Accept": "application/json"},
+                allow_redirects=False,
             )
         except requests.RequestException as exc:
             raise AuthError(f"cannot reach the token endpoint {token_url}: {type(exc).__name__}") from None
+        _refuse_redirect(resp, token_url)
         try:
             body = resp.json()
         except ValueError:
@@ -234,7 +281,10 @@ class SmartBackendAuth(Auth):
             raise AuthError(
                 f"the token endpoint {token_url} refused the request (HTTP {resp.status_code}){detail}"
             )
-        self._token = str(body["access_token"])
+        token = body["access_token"]
+        if not isinstance(token, str) or not token or not token.isascii() or not token.isprintable():
+            raise AuthError(f"the token endpoint {token_url} sent an access token that is no printable text")
+        self._token = token
         try:
             lifetime = float(body.get("expires_in", 300))
         except (TypeError, ValueError):
@@ -259,3 +309,16 @@ class SmartBackendAuth(Auth):
 
     def __repr__(self) -> str:
         return f"<SmartBackendAuth client_id={self.client_id!r} alg={self.algorithm}>"
+
+
+def _refuse_redirect(resp: requests.Response, url: str) -> None:
+    """SMART endpoints are never followed elsewhere: the client assertion must go where named."""
+    if resp.status_code in (301, 302, 303, 307, 308):
+        from procfhir.upload.client import shown_url
+
+        target = resp.headers.get("Location") or "(no Location)"
+        resp.close()
+        raise AuthError(
+            f"{shown_url(url)} redirects (HTTP {resp.status_code}) to {shown_url(target)}; not followed. "
+            "Give the right endpoint explicitly (--token-url) if you trust it"
+        )

@@ -100,7 +100,7 @@ class UploadReport:
                 c["failed"] += 1
         header = ["resource type", "create", "update", "unchanged", "failed"]
         body = [[t, *(str(c[a]) for a in (*ACTIONS, "failed"))] for t, c in sorted(rows.items())]
-        total = Counter()
+        total: Counter[str] = Counter()
         for c in rows.values():
             total.update(c)
         body.append(["total", *(str(total[a]) for a in (*ACTIONS, "failed"))])

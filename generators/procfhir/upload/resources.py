@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import heapq
-import json
+import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from procfhir.strictio import StrictInputError, loads_json
+from procfhir.strictio import read_bytes as strict_read_bytes
 from procfhir.upload.errors import UploadError
 
 # Bundles of these types are containers: their entries are uploaded, not the Bundle itself.
@@ -33,26 +35,61 @@ TYPE_RANK: dict[str, int] = {
 }
 OTHER_RANK = 7
 
+# FHIR's rules (R4 "id" datatype; resource type names are letters, starting upper case): checked
+# before anything is sent, so that no id or type can lead a request outside the server's base URL.
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+FHIR_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+# Limits on what we read: one file, one package member, a whole package (uncompressed).
+MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_PACKAGE_BYTES = 1024 * 1024 * 1024
+
 
 def key_of(resource: dict[str, Any]) -> str:
     """``Type/id`` (or ``Type/?`` when the resource has no id)."""
     return f"{resource.get('resourceType')}/{resource.get('id', '?')}"
 
 
-def _check_resource(obj: Any, where: str) -> dict[str, Any]:
+def check_resource(obj: Any, where: str) -> dict[str, Any]:
+    """``obj`` if it is a resource whose type and id follow FHIR's rules, else :class:`UploadError`."""
     if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
         raise UploadError(f"{where}: not a FHIR resource (no resourceType)")
+    rtype = obj["resourceType"]
+    if not FHIR_TYPE.match(rtype):
+        raise UploadError(
+            f"{where}: {_shown(rtype)} is not a FHIR resource type (letters only, e.g. CodeSystem)"
+        )
     rid = obj.get("id")
     if rid is not None and not isinstance(rid, str):
-        raise UploadError(f"{where}: the id of {obj['resourceType']} is not a string")
+        raise UploadError(f"{where}: the id of {rtype} is not a string")
+    if isinstance(rid, str) and (not FHIR_ID.match(rid) or not rid.strip(".")):
+        raise UploadError(
+            f"{where}: the id {_shown(rid)} of {rtype} breaks FHIR's rules "
+            "(1-64 letters, digits, '-' and '.', not only dots)"
+        )
+    for key in ("url", "version"):
+        value = obj.get(key)
+        if value is not None and (not isinstance(value, str) or not value.isprintable() or not value.strip()):
+            raise UploadError(f"{where}: the {key} of {rtype} is not a non-empty printable string")
     return obj
+
+
+_check_resource = check_resource
+
+
+def _shown(value: str) -> str:
+    text = "".join(c if c.isprintable() else "?" for c in value)
+    return repr(text[:80] + ("..." if len(text) > 80 else ""))
 
 
 def _expand(obj: dict[str, Any], where: str) -> Iterator[tuple[dict[str, Any], str]]:
     if obj["resourceType"] == "Bundle" and obj.get("type") in CONTAINER_BUNDLES:
-        for i, entry in enumerate(obj.get("entry") or []):
+        entries = obj.get("entry") or []
+        if not isinstance(entries, list):
+            raise UploadError(f"{where}: Bundle.entry is not a list")
+        for i, entry in enumerate(entries):
             if not isinstance(entry, dict) or "resource" not in entry:
-                if isinstance(entry, dict) and entry.get("request", {}).get("method") == "DELETE":
+                request = entry.get("request") if isinstance(entry, dict) else None
+                if isinstance(request, dict) and request.get("method") == "DELETE":
                     raise UploadError(f"{where}: entry {i} is a DELETE, which the uploader does not send")
                 raise UploadError(f"{where}: entry {i} holds no resource")
             yield from _expand(_check_resource(entry["resource"], f"{where} entry {i}"), f"{where} entry {i}")
@@ -62,13 +99,9 @@ def _expand(obj: dict[str, Any], where: str) -> Iterator[tuple[dict[str, Any], s
 
 def _parse(data: bytes, where: str) -> Any:
     try:
-        return json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise UploadError(f"{where}: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise UploadError(
-            f"{where}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from None
+        return loads_json(data, where)
+    except StrictInputError as exc:
+        raise UploadError(str(exc)) from None
 
 
 def _from_tgz(path: Path) -> Iterator[tuple[bytes, str]]:
@@ -76,16 +109,24 @@ def _from_tgz(path: Path) -> Iterator[tuple[bytes, str]]:
         with tarfile.open(path, "r:gz") as tar:
             members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
             found = False
+            total = 0
             for m in members:
                 name = m.name
                 base = name.rsplit("/", 1)[-1]
                 if not name.startswith("package/") or not base.endswith(".json") or base in NOT_RESOURCES:
                     continue
+                if m.size > MAX_FILE_BYTES:
+                    raise UploadError(
+                        f"{path}:{name}: {m.size:,} bytes, more than {MAX_FILE_BYTES:,} accepted"
+                    )
+                total += m.size
+                if total > MAX_PACKAGE_BYTES:
+                    raise UploadError(f"{path}: the package unpacks to more than {MAX_PACKAGE_BYTES:,} bytes")
                 fh = tar.extractfile(m)
                 if fh is None:
                     continue
                 found = True
-                yield fh.read(), f"{path}:{name}"
+                yield fh.read(MAX_FILE_BYTES + 1), f"{path}:{name}"
             if not found:
                 raise UploadError(f"{path}: no resources under package/ in this NPM package")
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -97,7 +138,14 @@ def _from_folder(path: Path) -> Iterator[tuple[bytes, str]]:
     if not files:
         raise UploadError(f"{path}: no .json files in this folder")
     for p in files:
-        yield p.read_bytes(), str(p)
+        yield _read(p), str(p)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return strict_read_bytes(path, max_bytes=MAX_FILE_BYTES)
+    except StrictInputError as exc:
+        raise UploadError(str(exc)) from None
 
 
 def load_resources(path: str | Path, skipped: list[str] | None = None) -> list[dict[str, Any]]:
@@ -116,10 +164,7 @@ def load_resources(path: str | Path, skipped: list[str] | None = None) -> list[d
     elif path.name.endswith((".tgz", ".tar.gz")):
         sources = _from_tgz(path)
     else:
-        try:
-            sources = [(path.read_bytes(), str(path))]
-        except OSError as exc:
-            raise UploadError(f"{path}: cannot read ({exc.strerror})") from None
+        sources = [(_read(path), str(path))]
     seen: dict[str, tuple[dict[str, Any], str]] = {}
     out: list[dict[str, Any]] = []
     for data, where in sources:

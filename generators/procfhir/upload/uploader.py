@@ -17,7 +17,7 @@ import requests
 
 from procfhir.jsonwalk import strings
 from procfhir.upload.auth import Auth
-from procfhir.upload.client import FhirClient
+from procfhir.upload.client import REQUEST_DEADLINE, FhirClient, describe_body
 from procfhir.upload.compare import differences
 from procfhir.upload.errors import OutcomeUnknown, TransportError, UploadError
 from procfhir.upload.report import Issue, ResourceResult, UploadReport, issues_from_outcome
@@ -26,6 +26,7 @@ from procfhir.upload.resources import (
     TYPE_RANK,
     _literal_target,
     _walk,
+    check_resource,
     dependency_order,
     key_of,
 )
@@ -116,9 +117,10 @@ class Uploader:
         session: requests.Session | None = None,
         verify_tls: bool | str = True,
         retry: RetryPolicy | None = None,
-        timeout: tuple[float, float] = (10.0, 300.0),
+        timeout: tuple[float, float] = (10.0, 120.0),
         allow_insecure_http: bool = False,
         client: FhirClient | None = None,
+        request_deadline: float = REQUEST_DEADLINE,
     ) -> None:
         self.client = client or FhirClient(
             base_url,
@@ -128,8 +130,13 @@ class Uploader:
             retry=retry,
             timeout=timeout,
             allow_insecure_http=allow_insecure_http,
+            request_deadline=request_deadline,
         )
         self.base_url = self.client.base_url
+        self.repair = False
+        self.repaired: list[str] = []
+        # Conditional mode: "Type/our id" -> the id the server holds that resource under.
+        self._server_ids: dict[str, str] = {}
 
     # ---------------------------------------------------------------- reading the server's state
     def _read_by_id(self, keys: list[str]) -> dict[str, dict[str, Any] | None]:
@@ -197,12 +204,17 @@ class Uploader:
                 for k in chunk:  # a server without batch support: one read each
                     out[k] = self._read_one(k)
                 continue
-            entries = resp.json().get("entry") or []
+            body = self.client.json(resp, "reading resources by a batch")
+            entries = body.get("entry") if isinstance(body, dict) else None
+            if not isinstance(entries, list):
+                raise UploadError("the server answered a batch of reads without entries")
             if len(entries) != len(chunk):
                 raise UploadError(
                     f"the server answered a batch of {len(chunk)} reads with {len(entries)} entries"
                 )
             for k, e in zip(chunk, entries, strict=True):
+                if not isinstance(e, dict):
+                    raise UploadError(f"the server answered the read of {k} with an entry that is no object")
                 status = _status_code((e.get("response") or {}).get("status"))
                 if status == 200 and isinstance(e.get("resource"), dict):
                     out[k] = e["resource"]
@@ -223,10 +235,13 @@ class Uploader:
             return None
         if resp.status_code != 200:
             raise UploadError(f"cannot read {key} from the server (HTTP {resp.status_code})")
-        return resp.json()
+        body = self.client.json(resp, f"reading {key}")
+        if not isinstance(body, dict):
+            raise UploadError(f"reading {key}: the server's answer is not a resource")
+        return body
 
     def _search_canonical(self, resource: dict[str, Any]) -> list[dict[str, Any]]:
-        params = {"url": resource["url"], "_count": "2"}
+        params = {"url": resource["url"], "_count": "50" if self.repair else "2"}
         if isinstance(resource.get("version"), str):
             params["version"] = resource["version"]
         rtype = resource["resourceType"]
@@ -237,16 +252,75 @@ class Uploader:
                 f"cannot search {rtype} by url on the server (HTTP {resp.status_code})"
                 f"{': ' + msg if msg else ''}"
             )
+        body = self.client.json(resp, f"searching {rtype} by url")
+        entries = body.get("entry") if isinstance(body, dict) else None
         return [
             e["resource"]
-            for e in resp.json().get("entry") or []
-            if isinstance(e.get("resource"), dict) and (e.get("search") or {}).get("mode", "match") == "match"
+            for e in (entries if isinstance(entries, list) else [])
+            if isinstance(e, dict)
+            and isinstance(e.get("resource"), dict)
+            and (e.get("search") or {}).get("mode", "match") == "match"
         ]
 
     # ---------------------------------------------------------------- planning
     def plan(self, resources: list[dict[str, Any]], *, conditional: bool = False) -> list[PlannedAction]:
         """Per resource, in upload order: create, update or unchanged compared with the server."""
         return self._plan_ordered(dependency_order(resources, self.base_url), conditional)
+
+    def _repair(self, p: PlannedAction, found: list[dict[str, Any]]) -> dict[str, Any]:
+        """Keep one of several server copies of one canonical (the one equal to ours, else the
+        oldest id) and delete the others; what was deleted goes to ``self.repaired``."""
+
+        def order(r: dict[str, Any]) -> tuple[int, int, str]:
+            rid = str(r.get("id"))
+            same = not differences(self._rewrite(p.resource, {}), r, ignore_id=True)
+            return (0 if same else 1, int(rid) if rid.isdigit() else 1 << 62, rid)
+
+        keep, *others = sorted(found, key=order)
+        for r in others:
+            rid = str(r.get("id"))
+            check_resource({"resourceType": p.resource_type, "id": rid}, "the server's duplicate")
+            resp = self.client.request("DELETE", f"{p.resource_type}/{rid}")
+            if resp.status_code >= 300:
+                msg = "; ".join(i.message for i in issues_from_outcome(_json(resp)))
+                raise UploadError(
+                    f"--repair: cannot delete the duplicate {p.resource_type}/{rid} of {p.key} "
+                    f"(HTTP {resp.status_code}){': ' + msg if msg else ''}"
+                )
+            self.repaired.append(f"{p.resource_type}/{rid} (duplicate of {p.resource_type}/{keep.get('id')})")
+        return keep
+
+    def _rewrite(self, resource: dict[str, Any], in_bundle: dict[str, str]) -> dict[str, Any]:
+        """``resource`` with literal references to our conditional resources pointing where the
+        server has them: the entry's ``fullUrl`` when written in the same bundle (``in_bundle``),
+        else the id the server gave it. Other references are left alone."""
+        targets = {**self._server_ids, **in_bundle}
+        if not targets:
+            return resource
+
+        def walk(obj: Any) -> Any:
+            if isinstance(obj, dict):
+                out = {}
+                for k, v in obj.items():
+                    if k == "reference" and isinstance(v, str):
+                        t = _literal_target(v, self.base_url)
+                        if t is not None and t in targets and v in (t, f"{self.base_url}/{t}"):
+                            v = (
+                                targets[t]
+                                if targets[t].startswith("urn:")
+                                else f"{t.split('/')[0]}/{targets[t]}"
+                            )
+                        out[k] = v
+                    else:
+                        out[k] = walk(v)
+                return out
+            if isinstance(obj, list):
+                return [walk(v) for v in obj]
+            return obj
+
+        result = walk(resource)
+        assert isinstance(result, dict)
+        return result
 
     def _plan_ordered(self, ordered: list[dict[str, Any]], conditional: bool) -> list[PlannedAction]:
         by_id: list[PlannedAction] = []
@@ -272,11 +346,14 @@ class Uploader:
             if p.conditional:
                 found = self._search_canonical(p.resource)
                 if len(found) > 1:
-                    raise UploadError(
-                        f"{p.key}: the server holds several {p.resource_type} with url "
-                        f"{p.resource['url']} version {p.resource.get('version')}; "
-                        "a conditional update cannot choose"
-                    )
+                    if not self.repair:
+                        raise UploadError(
+                            f"{p.key}: the server holds {len(found)}{'+' if len(found) == 2 else ''} "
+                            f"{p.resource_type} with url {p.resource['url']} version "
+                            f"{p.resource.get('version')}; a conditional update cannot choose. "
+                            "Run the upload again with --repair to keep one and delete the others"
+                        )
+                    found = [self._repair(p, found)]
                 server = found[0] if found else None
             else:
                 server = state[p.key]
@@ -284,7 +361,10 @@ class Uploader:
                 continue
             p.server_id = server.get("id")
             p.server_version = (server.get("meta") or {}).get("versionId")
-            p.changes = differences(p.resource, server, ignore_id=p.conditional)
+            if p.conditional and isinstance(p.resource.get("id"), str) and isinstance(p.server_id, str):
+                self._server_ids[f"{p.resource_type}/{p.resource['id']}"] = p.server_id
+            ours = self._rewrite(p.resource, {}) if conditional else p.resource
+            p.changes = differences(ours, server, ignore_id=p.conditional)
             p.action = "update" if p.changes else "unchanged"
         return planned
 
@@ -344,9 +424,23 @@ class Uploader:
     ) -> None:
         pending = chunk
         for _ in range(max_replans + 1):
-            bundle = {"resourceType": "Bundle", "type": mode, "entry": [self._entry(p) for p in pending]}
+            entries_out = [self._entry(p) for p in pending]
+            if any(p.conditional for p in pending):
+                in_bundle = {
+                    f"{p.resource_type}/{p.resource['id']}": e["fullUrl"]
+                    for p, e in zip(pending, entries_out, strict=True)
+                    if p.conditional and not p.server_id and isinstance(p.resource.get("id"), str)
+                }
+                for e in entries_out:
+                    e["resource"] = self._rewrite(e["resource"], in_bundle if mode == "transaction" else {})
+            bundle = {"resourceType": "Bundle", "type": mode, "entry": entries_out}
             try:
                 resp = self.client.request("POST", "", body=bundle, idempotent=False)
+                body = _json(resp)
+                if 200 <= resp.status_code < 300 and not (
+                    isinstance(body, dict) and body.get("resourceType") == "Bundle"
+                ):
+                    raise OutcomeUnknown(f"the {mode} was answered with {describe_body(resp)}, not a Bundle")
             except OutcomeUnknown:
                 # The server may have applied it: look before sending anything again.
                 fresh = self.plan(
@@ -362,11 +456,12 @@ class Uploader:
                     return
                 pending = still
                 continue
-            body = _json(resp)
             if resp.status_code >= 400 or not isinstance(body, dict) or body.get("resourceType") != "Bundle":
                 issues = self._attribute(issues_from_outcome(body), pending)
                 if not issues:
-                    issues = [Issue("error", f"HTTP {resp.status_code} {resp.reason or ''}".strip())]
+                    issues = [
+                        Issue("error", f"HTTP {resp.status_code} {resp.reason or ''}: {describe_body(resp)}")
+                    ]
                 report.issues.extend(issues)
                 named = {i.resource for i in issues}
                 for p in pending:
@@ -376,17 +471,19 @@ class Uploader:
                         r.note = "rolled back with the transaction"
                 return
             entries = body.get("entry") or []
-            if len(entries) != len(pending):
-                raise UploadError(
-                    f"the server answered a {mode} of {len(pending)} entries with {len(entries)}"
-                )
+            if not isinstance(entries, list) or len(entries) != len(pending):
+                n = len(entries) if isinstance(entries, list) else "no list of"
+                raise UploadError(f"the server answered a {mode} of {len(pending)} entries with {n} entries")
             for p, e in zip(pending, entries, strict=True):
-                rsp = e.get("response") or {}
+                rsp = (e.get("response") if isinstance(e, dict) else None) or {}
+                if not isinstance(rsp, dict):
+                    rsp = {}
                 status = _status_code(rsp.get("status"))
                 r = results[p.key]
                 r.http_status = status
                 if 200 <= status < 300:
                     r.status, r.version = "written", _version_from(rsp)
+                    self._remember_id(p, rsp.get("location"))
                 else:
                     r.status = "failed"
                     issues = issues_from_outcome(rsp.get("outcome"), p.key)
@@ -402,8 +499,17 @@ class Uploader:
             )
         )
 
+    def _remember_id(self, p: PlannedAction, location: Any) -> None:
+        """The id the server gave a conditional resource (from the Location of its answer)."""
+        if not (p.conditional and isinstance(p.resource.get("id"), str) and isinstance(location, str)):
+            return
+        parts = location.split("/_history/")[0].rstrip("/").split("/")
+        if len(parts) >= 2 and parts[-2] == p.resource_type and parts[-1]:
+            self._server_ids[f"{p.resource_type}/{p.resource['id']}"] = parts[-1]
+
     def _send_put(self, p: PlannedAction, results: dict[str, ResourceResult], report: UploadReport) -> None:
-        resp = self.client.request("PUT", p.request_url(), body=p.body())
+        body = self._rewrite(p.body(), {}) if p.conditional or self._server_ids else p.body()
+        resp = self.client.request("PUT", p.request_url(), body=body)
         r = results[p.key]
         r.http_status = resp.status_code
         if 200 <= resp.status_code < 300:
@@ -411,10 +517,13 @@ class Uploader:
             r.version = _version_from(
                 {"etag": resp.headers.get("ETag"), "location": resp.headers.get("Location")}
             )
+            self._remember_id(p, resp.headers.get("Location") or resp.headers.get("Content-Location"))
         else:
             r.status = "failed"
             issues = issues_from_outcome(_json(resp), p.key)
-            report.issues.extend(issues or [Issue("error", f"HTTP {resp.status_code}", p.key)])
+            report.issues.extend(
+                issues or [Issue("error", f"HTTP {resp.status_code}: {describe_body(resp)}", p.key)]
+            )
 
     def upload(
         self,
@@ -429,6 +538,8 @@ class Uploader:
         progress: Callable[[int, int], None] | None = None,
         max_replans: int = 3,
         workers: int = 1,
+        timeout: float | None = None,
+        repair: bool = False,
     ) -> UploadReport:
         """Upload ``resources``; never raises for server-side failures, which land in the report.
 
@@ -444,10 +555,21 @@ class Uploader:
             raise UploadError("the batch size must be at least 1")
         if mode == "batch" and batch_size is None:
             batch_size = 100
+        if timeout is not None and timeout <= 0:
+            raise UploadError("the time limit must be positive")
+        for res in resources:
+            check_resource(res, key_of(res) if isinstance(res, dict) else "a resource")
+        if repair and (dry_run or not conditional):
+            raise UploadError("--repair works with --conditional and without --dry-run")
+        self.client.set_run_timeout(timeout)
+        self.repair = repair
         start = time.perf_counter()
         report = UploadReport(mode=mode, dry_run=dry_run)
+        lock = _ServerLock(self.base_url) if conditional and not dry_run else None
         stats0 = (self.client.stats.requests, self.client.stats.retries, self.client.stats.lost_responses)
         try:
+            if lock is not None:
+                lock.acquire(self.client)
             ordered = dependency_order(resources, self.base_url)
             plan: list[PlannedAction] = []
             results: dict[str, ResourceResult] = {}
@@ -507,6 +629,11 @@ class Uploader:
         except UploadError as exc:
             report.fatal = str(exc)
         finally:
+            if lock is not None:
+                lock.release()
+            for what in self.repaired:
+                report.issues.append(Issue("information", f"--repair deleted {what}", source="repair"))
+            self.repaired.clear()
             s = self.client.stats
             report.requests, report.retries, report.lost_responses = (
                 s.requests - stats0[0],
@@ -515,6 +642,12 @@ class Uploader:
             )
             report.elapsed = time.perf_counter() - start
         return report
+
+    def _child(self) -> Uploader:
+        """An uploader on a connection of its own, sharing this one's state (ids, repairs)."""
+        other = Uploader(self.base_url, client=self.client.fork())
+        other.repair, other.repaired, other._server_ids = self.repair, self.repaired, self._server_ids
+        return other
 
     def _pipelined(
         self,
@@ -540,10 +673,10 @@ class Uploader:
             slices.append(ordered[pos : pos + size])
             pos += size
             size = max(batch_size, min(READ_CHUNK, size * 2))
-        planner = Uploader(self.base_url, client=self.client.fork())
+        planner = self._child()
         senders: queue.SimpleQueue[Uploader] = queue.SimpleQueue()
         for i in range(workers):
-            senders.put(self if i == 0 else Uploader(self.base_url, client=self.client.fork()))
+            senders.put(self if i == 0 else self._child())
         in_flight: list[tuple[Future[None], set[str], int]] = []
         done = 0
 
@@ -646,7 +779,57 @@ def _raise_read(rtype: str, resp: requests.Response) -> Any:
 
 
 def _json(resp: requests.Response) -> Any:
+    """The JSON body, or None when the answer is not (strict) JSON."""
+    from procfhir.strictio import StrictInputError, loads_json
+
     try:
-        return resp.json()
-    except ValueError:
+        return loads_json(resp.content or b"", "")
+    except StrictInputError:
         return None
+
+
+class _ServerLock:
+    """Conditional uploads to one server from this machine, one at a time (an exclusive file lock).
+
+    A conditional update searches by url and creates when nothing is found; two uploaders doing
+    that at once can both create (HAPI's known race). Holding this lock around the whole upload
+    serialises them, so concurrent runs through procfhir never create duplicates."""
+
+    def __init__(self, base_url: str) -> None:
+        import hashlib
+        import tempfile
+        from pathlib import Path
+
+        folder = Path(tempfile.gettempdir()) / "procfhir-locks"
+        self.path = folder / (hashlib.sha256(base_url.encode("utf-8")).hexdigest()[:32] + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self, client: FhirClient) -> None:
+        import fcntl
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                left = client._run_time_left()
+                if left is not None and left <= 0:
+                    os.close(fd)
+                    raise TransportError(
+                        "another conditional upload to this server is running; the time limit "
+                        "(--timeout) passed while waiting for it"
+                    ) from None
+                time.sleep(0.2)
+        self._fd = fd
+
+    def release(self) -> None:
+        import fcntl
+        import os
+
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

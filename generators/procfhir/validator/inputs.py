@@ -13,7 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from procfhir.strictio import StrictInputError, check_value, read_bytes, strict_float, strict_int
 from procfhir.validator import messages as M
+
+MAX_FILE_BYTES = 256 * 1024 * 1024  # one resource file or package member
 from procfhir.validator.issues import Issue
 
 _SKIP_NAMES = {"package.json", ".index.json"}
@@ -46,7 +49,14 @@ def parse(data: bytes, source: str) -> tuple[Any, list[Issue]]:
     dups = _Duplicates()
     try:
         text = data.decode("utf-8-sig")
-        res = json.loads(text, object_pairs_hook=_pairs_hook(dups), parse_constant=_no_constant)
+        res = json.loads(
+            text,
+            object_pairs_hook=_pairs_hook(dups),
+            parse_constant=_no_constant,
+            parse_float=strict_float,  # 1e999, 1e-999 and 64-bit overflow: procfhir.strictio
+            parse_int=strict_int,
+        )
+        check_value(res, "")  # nesting, lone surrogates (procfhir.strictio)
     except UnicodeDecodeError:
         return None, [
             Issue(
@@ -87,10 +97,19 @@ def _tgz(path: Path) -> Iterator[tuple[str, bytes | None, Issue | None]]:
                 name = m.name
                 if not name.endswith(".json") or Path(name).name in _SKIP_NAMES:
                     continue
+                if m.size > MAX_FILE_BYTES:
+                    msg = f"{m.size:,} bytes, more than {MAX_FILE_BYTES:,} accepted"
+                    src = f"{path.name}:{name}"
+                    yield (
+                        src,
+                        None,
+                        Issue("fatal", "", msg, "too-costly", source=src, message_id=M.INPUT_UNREADABLE),
+                    )
+                    continue
                 fh = tar.extractfile(m)
                 if fh is None:
                     continue
-                yield f"{path.name}:{name}", fh.read(), None
+                yield f"{path.name}:{name}", fh.read(MAX_FILE_BYTES + 1), None
     except (tarfile.TarError, OSError, EOFError) as exc:
         msg = f"not a readable package tarball: {exc}"
         yield (
@@ -102,10 +121,15 @@ def _tgz(path: Path) -> Iterator[tuple[str, bytes | None, Issue | None]]:
 
 def _read(path: Path) -> tuple[bytes | None, Issue | None]:
     try:
-        return path.read_bytes(), None
-    except OSError as exc:
+        return read_bytes(path, max_bytes=MAX_FILE_BYTES), None
+    except StrictInputError as exc:
         issue = Issue(
-            "fatal", "", f"cannot read: {exc}", "exception", source=str(path), message_id=M.INPUT_UNREADABLE
+            "fatal",
+            "",
+            f"cannot read: {exc.problem}",
+            "exception",
+            source=str(path),
+            message_id=M.INPUT_UNREADABLE,
         )
         return None, issue
 
