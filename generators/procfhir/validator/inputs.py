@@ -15,9 +15,9 @@ from typing import Any
 
 from procfhir.strictio import StrictInputError, check_value, read_bytes, strict_float, strict_int
 from procfhir.validator import messages as M
+from procfhir.validator.issues import Issue
 
 MAX_FILE_BYTES = 256 * 1024 * 1024  # one resource file or package member
-from procfhir.validator.issues import Issue
 
 _SKIP_NAMES = {"package.json", ".index.json"}
 
@@ -56,7 +56,7 @@ def parse(data: bytes, source: str) -> tuple[Any, list[Issue]]:
             parse_float=strict_float,  # 1e999, 1e-999 and 64-bit overflow: procfhir.strictio
             parse_int=strict_int,
         )
-        check_value(res, "")  # nesting, lone surrogates (procfhir.strictio)
+        check_value(res, "", max_depth=1 << 30)  # numbers, lone surrogates (depth: the validator's own rule)
     except UnicodeDecodeError:
         return None, [
             Issue(
