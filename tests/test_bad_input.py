@@ -554,10 +554,21 @@ def _(tmp: Path) -> list[str]:
     return ["apply", "--batch", str(tmp / "in.ndjson"), "--out", str(tmp / "out"), "--workers", "-3"]
 
 
-@case("apply-config-unknown-key", codes=(1, 2), says="did you mean")
+@case("apply-package-bundle-nan", codes=(1, 2), says="")
 def _(tmp: Path) -> list[str]:
-    cfg = config_with(tmp, lambda t: t.replace("publisher:", "publsher:"))
-    return ["apply", str(CONTEXT), "--config", str(cfg)]
+    (tmp / "pkg.json").write_bytes(b'{"resourceType": "Bundle", "type": "collection", "total": NaN}')
+    return ["apply", str(CONTEXT), "--package", str(tmp / "pkg.json")]
+
+
+@case("apply-package-missing", codes=(1, 2), says="")
+def _(tmp: Path) -> list[str]:
+    return ["apply", str(CONTEXT), "--package", str(tmp / "none")]
+
+
+@case("apply-package-tgz-garbage", codes=(1, 2), says="")
+def _(tmp: Path) -> list[str]:
+    (tmp / "p.tgz").write_bytes(b"\x1f\x8b not really")
+    return ["apply", str(CONTEXT), "--package", str(tmp / "p.tgz")]
 
 
 # ---------------------------------------- upload (inputs)
