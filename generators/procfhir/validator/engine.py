@@ -99,6 +99,7 @@ class Validator:
         self.strict = strict
         self.unknown_extension_severity = unknown_extension_severity or ("error" if strict else "warning")
         self.regex: dict[str, re.Pattern[str] | None] = {}
+        self.code_sets: dict[str, frozenset[str]] = {}
         self._rule_tables: dict[tuple[str, bool], tuple[rules.Rule, ...]] = {}
         if sys.getrecursionlimit() < 6000:
             sys.setrecursionlimit(6000)

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from procfhir.validator.fastpath import Unsupported, compile_invariant
+
 # key -> how it is handled instead of fhirpathpy
 NATIVE: dict[str, str] = {
     "ele-1": "checked natively (an element has a value or children); it sits on every element, and "
@@ -133,6 +135,9 @@ class Invariants:
         self._name_cache: dict[str, frozenset[str] | None] = {}
         self._memo: dict[tuple[str, str, str], Any] = {}
         self._node_cls: Any = None
+        self._fast: dict[str, Any] = {}  # expression -> compiled closure, or None (fhirpathpy only)
+        self.fast_runs = 0
+        self.slow_runs = 0
 
     def _compile(self, expression: str) -> Any:
         fn = self._compiled.get(expression)
@@ -175,6 +180,22 @@ class Invariants:
         fn = self._compile(expression)
         if fn is None:
             return self._errors[expression]
+        fast = self._fast.get(expression, _MISSING)
+        if fast is _MISSING:
+            fast = self._fast[expression] = _fast_compile(fn)
+        if fast is not None:
+            try:
+                result = fast([value], {"resource": resource, "rootResource": root or resource})
+            except Unsupported:
+                result = None
+            if result is not None:
+                if result == [] or result == [True]:
+                    self.fast_runs += 1
+                    return True
+                if result == [False]:
+                    self.fast_runs += 1
+                    return False
+        self.slow_runs += 1
         names = self._names(expression)
         if names is None or not isinstance(value, dict):
             return self._run(fn, value, path, resource, root)
@@ -223,6 +244,19 @@ class Invariants:
         if result == [False]:
             return False
         return f"the expression returned {result!r}, not a boolean"
+
+
+def _fast_compile(fn: Any) -> Any:
+    """The fast path's closure for a compiled fhirpathpy expression, or None."""
+    tree = getattr(fn, "parsedPath", None)
+    if not isinstance(tree, dict):
+        return None
+    try:
+        return compile_invariant(tree)
+    except Unsupported:
+        return None
+    except Exception:  # noqa: BLE001 - an unexpected tree: fhirpathpy evaluates it
+        return None
 
 
 def unsupported_report() -> list[tuple[str, str]]:

@@ -321,7 +321,7 @@ def binding(v: Validator, value: Any, node: Node, tcode: str, loc: str, ctx: Ctx
     if tcode in ("code", "string", "uri"):
         if not isinstance(value, str) or value.startswith("http://hl7.org/fhirpath/System."):
             return  # FHIRPath system types (ElementDefinition.type.code of id/url elements)
-        if not any(c == value for _, c in codes):
+        if value not in _codes_only(v, vs_url, codes):
             msg = f"code {value!r} is not in the {strength} value set {vs_url}"
             ctx.add(severity, loc, msg, "code-invalid", mid=M.TX_NOT_IN_VALUESET)
         return
@@ -337,6 +337,14 @@ def binding(v: Validator, value: Any, node: Node, tcode: str, loc: str, ctx: Ctx
     shown = ", ".join(f"{c.get('system')}#{c.get('code')}" for c in codings)
     msg = f"none of the codes ({shown}) is in the {strength} value set {vs_url}"
     ctx.add(severity, loc, msg, "code-invalid", mid=M.TX_NOT_IN_VALUESET)
+
+
+def _codes_only(v: Validator, vs_url: str, codes: frozenset[tuple[str, str]]) -> frozenset[str]:
+    """The codes of an expansion without their systems (for code elements), computed once."""
+    got = v.code_sets.get(vs_url)
+    if got is None:
+        got = v.code_sets[vs_url] = frozenset(c for _, c in codes)
+    return got
 
 
 def _grammar_binding(
