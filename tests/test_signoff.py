@@ -245,3 +245,25 @@ def test_committed_package_has_no_invented_sign_off() -> None:
     committed = [json.loads(p.read_text()) for p in (PROJECT_ROOT / "fhir").glob("*.json")]
     assert not [r for r in committed if r.get("resourceType") == "Provenance"]
     assert yaml.safe_load((PROJECT_ROOT / "package.yaml").read_text())["status"] == "draft"
+
+
+def test_sign_off_refuses_unclear_requests(tmp_path: Path) -> None:
+    cfg = copy_inputs(tmp_path)
+    lock_file = tmp_path / "source" / LOCK
+    base = ("review", "--config", str(cfg), "--out", str(tmp_path), "--no-validate")
+    cases = [
+        (("--sign-off", "--yes"), "needs the reviewer's name"),
+        (
+            ("--sign-off", "--reviewer", "Dr. A", "--document", "nope", "--yes"),
+            "no document nope in the package",
+        ),
+        (
+            ("--sign-off", "--reviewer", "Dr. A", "--at", "30/11/2026", "--yes"),
+            "must be YYYY-MM-DDThh:mm:ssZ",
+        ),
+        (("--reviewer", "Dr. A"), "go with --sign-off"),
+    ]
+    for args, message in cases:
+        proc = cli(*base, *args)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and not lock_file.exists()
