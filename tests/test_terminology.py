@@ -218,3 +218,74 @@ def test_committed_report_names_the_entry_of_every_code(installed: None) -> None
     assert "confirmed" not in {s for (system, _), s in statuses.items() if system.endswith("/cpt")}
     assert statuses[("http://snomed.info/sct", "443165006")] == "confirmed"
     assert len(report["local_codes_awaiting_review"]) == sum(1 for s in statuses.values() if s == "local")
+
+
+# ---------------------------------------------------------------- the validator uses the same content
+GPS_VS = "http://terminology.hl7.org/ValueSet/snomed-intl-gps"  # in THO only, not in R4 core
+
+
+def _gps_profile() -> dict[str, object]:
+    """A Procedure profile binding code (required) to a THO value set, the SNOMED CT GPS."""
+    return {
+        "resourceType": "StructureDefinition",
+        "id": "gps-procedure",
+        "url": "https://example.org/StructureDefinition/gps-procedure",
+        "name": "GpsProcedure",
+        "status": "draft",
+        "fhirVersion": "4.0.1",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Procedure",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Procedure",
+        "derivation": "constraint",
+        "differential": {
+            "element": [
+                {
+                    "id": "Procedure.code",
+                    "path": "Procedure.code",
+                    "min": 1,
+                    "binding": {"strength": "required", "valueSet": GPS_VS},
+                }
+            ]
+        },
+    }
+
+
+def _procedure(coding: dict[str, str]) -> dict[str, object]:
+    return {
+        "resourceType": "Procedure",
+        "id": "p",
+        "meta": {"profile": ["https://example.org/StructureDefinition/gps-procedure"]},
+        "text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">p</div>'},
+        "status": "completed",
+        "subject": {"reference": "Patient/x"},
+        "code": {"coding": [coding]},
+    }
+
+
+def test_validator_checks_tho_bindings_and_warns_on_displays(installed: None) -> None:
+    from procfhir.validator import Validator
+
+    v = Validator(extra_definitions=[_gps_profile()])
+
+    def issues(coding: dict[str, str]) -> list[tuple[str, str]]:
+        found = v.validate(_procedure(coding))
+        return [(i.severity, i.message) for i in found if "Procedure.code" in i.location]
+
+    good = {"system": SCT, "code": "314271007", "display": "Induction of conscious sedation"}
+    assert issues(good) == []
+    # a SNOMED CT code the GPS does not hold: the required binding to the THO value set fails
+    outside = issues({"system": SCT, "code": "112798008", "display": "Insertion of balloon"})
+    assert [s for s, m in outside if GPS_VS in m and "required value set" in m] == ["error"], outside
+    # a display no installed source gives: a warning naming the valid display and its source
+    wrong = issues({"system": SCT, "code": "314271007", "display": "Conscious sedation"})
+    assert wrong == [
+        (
+            "warning",
+            "display 'Conscious sedation' differs from the installed sources' for "
+            "http://snomed.info/sct#314271007: valid display is 'Induction of conscious sedation' "
+            f"({terminology.open_store().find(SCT, '314271007')[0].cite()})",
+        )
+    ]
+    # DICOM's display for the same SNOMED CT code is a valid one too (no warning)
+    assert issues({"system": SCT, "code": "72641008", "display": "Sedation"}) == []

@@ -400,8 +400,12 @@ def _coding(v: Validator, coding: dict[str, Any], loc: str, ctx: Ctx) -> None:
         if target is not None and target.get("resourceType") == "ValueSet":
             msg = f"coding system {system} is a value set, not a code system"
             ctx.add("error", f"{loc}.system", msg, "code-invalid", mid=M.CODING_SYSTEM_INVALID)
-        return
-    if not cs.complete:
+            return
+    if cs is None or not cs.complete:
+        # SNOMED CT, LOINC, ICD-10...: the displays the installed terminology content gives
+        issue = v.terminology.display_issue(system, code, coding.get("display"))
+        if issue:
+            ctx.add("warning", f"{loc}.display", issue, "code-invalid", mid=M.TX_DISPLAY)
         return
     if code not in cs.codes:
         if cs.case_sensitive or code.lower() not in {c.lower() for c in cs.codes}:

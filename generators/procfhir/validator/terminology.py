@@ -1,12 +1,24 @@
 """Local terminology: CodeSystems with complete content, and ValueSet expansion from compose
 (enumerated concepts, whole local code systems, is-a filters on local hierarchies, imported value
 sets). Anything else (SNOMED CT or LOINC filters, code systems not available locally) is reported
-as *not expandable* with the reason, and codes against it are not judged."""
+as *not expandable* with the reason, and codes against it are not judged.
+
+Terminology content installed by ``procfhir terminology fill`` is used offline too:
+
+- the HL7 Terminology package (``hl7.terminology.r4`` in the FHIR package cache) supplies the
+  code systems and value sets that R4 core lacks (R4 core's own copies come first), so bindings
+  to THO value sets, and codes of THO code systems, are checked;
+- the concept store (SNOMED CT GPS, DICOM, LOINC as R4 core lists it, ICD-10-CM/PCS) gives the
+  displays of codes from systems with no CodeSystem resource: :meth:`Terminology.display_issue`
+  reports a display that no installed source gives (a warning, as the reference validator does).
+Without the content installed, both are simply absent (nothing is reported for them)."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -63,11 +75,83 @@ class Terminology:
         self.defs = defs
         self._cs: dict[str, CodeSystemInfo | None] = {}
         self._vs: dict[str, Expansion] = {}
+        self._tho_index: dict[str, Path] | None = None
+        self._tho_loaded: dict[str, dict[str, Any] | None] = {}
+        self._store: Any = None  # procfhir.terminology.store.Store, False when not installed
+
+    # ------------------------------------------------------------ installed terminology content
+    def _tho(self) -> dict[str, Path]:
+        """url -> file of THO's CodeSystems and ValueSets (empty when THO is not installed)."""
+        if self._tho_index is None:
+            from procfhir import fhircache
+            from procfhir.terminology.sources import THO
+
+            self._tho_index = {}
+            folder = fhircache.package_dir(THO.name, THO.version)
+            try:
+                index = json.loads((folder / ".index.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                index = {}
+            for e in index.get("files", []) if isinstance(index, dict) else []:
+                url = e.get("url") if isinstance(e, dict) else None
+                if isinstance(url, str) and e.get("resourceType") in ("CodeSystem", "ValueSet"):
+                    self._tho_index.setdefault(url, folder / str(e.get("filename")))
+        return self._tho_index
+
+    def resource(self, url: str) -> dict[str, Any] | None:
+        """A CodeSystem or ValueSet: the package's and R4 core's first, else THO's."""
+        res = self.defs.resource(url)
+        if res is not None:
+            return res
+        url = url.split("|", 1)[0]
+        if url not in self._tho_loaded:
+            path = self._tho().get(url)
+            loaded = None
+            if path is not None:
+                try:
+                    loaded = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    loaded = None
+            self._tho_loaded[url] = loaded if isinstance(loaded, dict) else None
+        return self._tho_loaded[url]
+
+    def display_issue(self, system: str, code: str, display: Any) -> str | None:
+        """For a code of a system with no CodeSystem resource (SNOMED CT, LOINC, ICD-10, ...):
+        a message when the installed sources know the code but none gives this display."""
+        if not isinstance(display, str) or not display.strip():
+            return None
+        if self._store is None:
+            from procfhir.terminology.store import TerminologyError, open_store
+
+            try:
+                self._store = open_store()
+            except TerminologyError:
+                self._store = False
+        if self._store is False:
+            return None
+        from procfhir.terminology.sources import strip_semantic_tag
+
+        rows = [c for c in self._store.find(system, code) if c.kind == "definition"]
+        if not rows:
+            return None
+        shown = " ".join(display.split()).lower()
+        valid = []
+        for c in rows:
+            valid.append(c.display)
+            if c.source == "snomed-gps":
+                valid.append(strip_semantic_tag(c.display))
+        if shown in {" ".join(v.split()).lower() for v in valid}:
+            return None
+        best = strip_semantic_tag(rows[0].display) if rows[0].source == "snomed-gps" else rows[0].display
+        return (
+            f"display {display!r} differs from the installed sources' for {system}#{code}: "
+            f"valid display is {best!r} ({rows[0].cite()})"
+        )
 
     def code_system(self, system: str) -> CodeSystemInfo | None:
         if system in self._cs:
             return self._cs[system]
-        res = self.defs.resource(system)
+        res = self.resource(system)
         info = None
         if res is not None and res.get("resourceType") == "CodeSystem":
             info = CodeSystemInfo(
@@ -108,7 +192,7 @@ class Terminology:
 
     def _grammar(self, url: str) -> dict[str, re.Pattern[str]] | None:
         """For a value set of whole grammar-based code systems (e.g. all MIME types): the syntax."""
-        vs = self.defs.resource(url)
+        vs = self.resource(url)
         compose = (vs or {}).get("compose") or {}
         includes = compose.get("include") or []
         if not includes or compose.get("exclude"):
@@ -122,7 +206,7 @@ class Terminology:
         return out
 
     def _expand(self, url: str) -> set[tuple[str, str]]:
-        vs = self.defs.resource(url)
+        vs = self.resource(url)
         if vs is None or vs.get("resourceType") != "ValueSet":
             raise _NotExpandable(f"value set {url} is not available locally")
         compose = vs.get("compose")
