@@ -405,3 +405,33 @@ def test_profile_differential_out_of_base_order_is_accepted_with_a_warning(
     assert not _errors(issues)
     order = [i for i in issues if i.message_id == "SD_DIFFERENTIAL_ORDER"]
     assert [(i.severity, i.location) for i in order] == [("warning", "StructureDefinition.differential")]
+
+
+def test_reference_leniency_and_strict_policy(core_cache: Path, tmp_path: Path) -> None:
+    """As the HL7 validator: R4 narratives may show external images, references may be absolute
+    URLs or urn:uuid:, a non-breaking space is no whitespace in string patterns (Java's \\s), an
+    unknown extension is a warning; ``--strict`` (our package's policy) makes the first and the
+    last errors."""
+    patient = {
+        "resourceType": "Patient",
+        "text": {
+            "status": "generated",
+            "div": '<div xmlns="http://www.w3.org/1999/xhtml"><img src="http://example.org/x.png"/>'
+            '<span style="background: url(data:image/png;base64,AAAA)">x</span></div>',
+        },
+        "identifier": [{"system": "http://example.org/a\u00a0b", "value": "1"}],
+        "generalPractitioner": [
+            {"reference": "https://other.example.net/fhir/Practitioner/7"},
+            {"reference": "urn:uuid:3d9a6f2e-5b7c-4f1a-9e2d-8c4b1a7f6e50"},
+            {"reference": "https://registry.example.net/people?id=7"},
+        ],
+        "extension": [{"url": "http://unknown.test/StructureDefinition/x", "valueString": "y"}],
+    }
+    path = _write(tmp_path, "lenient.json", json.dumps(patient))
+    code, by_file = _cli_outcome([path], tmp_path)
+    assert code == 0, by_file
+    assert {message_id(i) for i in by_file["lenient"] if i["severity"] == "warning"} >= {"EXT_UNKNOWN"}
+    code, by_file = _cli_outcome([path, "--strict"], tmp_path)
+    assert code == 1
+    errors = {(message_id(i), i["expression"][0]) for i in by_file["lenient"] if i["severity"] == "error"}
+    assert errors == {("NARRATIVE_POLICY", "Patient.text.div"), ("EXT_UNKNOWN", "Patient.extension[0]")}

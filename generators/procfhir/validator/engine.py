@@ -207,8 +207,12 @@ class Validator:
     # ---------------------------------------------------------------- one value at one node
     def instance(self, value: Any, node: Node, tcode: str, loc: str, ctx: Ctx, host: Node | None) -> None:
         """Every rule of type ``tcode`` on ``value`` at element ``node``."""
-        if tcode in _RESOURCE_TYPES and node is not node.sd.root:
+        if node is not node.sd.root and (tcode in _RESOURCE_TYPES or tcode in self.defs.resource_types):
             self.resource(value, loc, ctx, contained=node.name == "contained")
+            if node.children and isinstance(value, dict):  # a profile's constraints on the resource
+                from procfhir.validator.structure import children
+
+                children(self, value, node, loc, ctx, is_root=True)
             return
         if ctx.depth >= MAX_DEPTH:
             msg = f"nested more than {MAX_DEPTH} levels deep: not validated further"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -72,14 +71,15 @@ def _choice_renamed(eid: str, diff: dict[str, Any], index: dict[str, int]) -> tu
         prefix = ".".join(parts[:i])
         if f"{prefix}.{name}" in index:
             continue
-        m = re.fullmatch(r"([a-z][A-Za-z0-9]*?)([A-Z][A-Za-z0-9]*)", name)
-        if m and f"{prefix}.{m.group(1)}[x]" in index:
-            tcode = m.group(2)
+        for j in range(1, len(name)):
+            if not name[j].isupper() or f"{prefix}.{name[:j]}[x]" not in index:
+                continue
+            tcode = name[j:]
             tcode = tcode if tcode[1:2].isupper() or tcode in _COMPLEX_HINT else tcode[:1].lower() + tcode[1:]
-            parts[i] = f"{m.group(1)}[x]{sep}{slice_part}"
+            parts[i] = f"{name[:j]}[x]{sep}{slice_part}"
             if i == len(parts) - 1 and "type" not in diff:
                 diff = {**diff, "type": [{"code": tcode}]}
-            break
+            return ".".join(parts), diff
     return ".".join(parts), diff
 
 

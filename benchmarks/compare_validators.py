@@ -1,0 +1,253 @@
+"""Our validator and HAPI FHIR's ``$validate`` (the HL7 validator inside a real server) on the same
+resources: the R4 spec's examples package and our own package, compared per resource (verdict:
+errors or not) and per issue (errors at the same location), with a table of the remaining
+disagreements grouped by rule (message id) and their causes.
+
+    python benchmarks/compare_validators.py [--stride 10] [--out compare.md] [--json compare.json]
+    HAPI_BASE_URL=http://127.0.0.1:8090/fhir python benchmarks/compare_validators.py
+
+Without HAPI_BASE_URL it starts the project's HAPI server (``hapi/``) on a free port of
+127.0.0.1 and stops it at the end. HAPI takes about a second per resource here, so the examples
+are sampled: every ``--stride``-th file (``--stride 1``: all 5,300; about 1.5 h on this machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "generators"))
+
+# Remaining differences with their cause, by (side with the error, rule id). Measured against
+# HAPI FHIR 8.8.0 on the R4 examples (see the note of issue 12).
+CAUSES: dict[tuple[str, str], str] = {
+    ("ours", "TX_UNKNOWN_CODE"): "HAPI's server has no terminology service for the examples' "
+    "code systems and reports unknown codes as warnings (Terminology_PassThrough_TX_Message); "
+    "ours checks codes against the complete code systems of the core package",
+    ("ours", "TX_NOT_IN_VALUESET"): "same cause: HAPI cannot expand many core value sets without "
+    "a terminology server and passes such codes; ours expands them from the core package",
+    ("ours", "INVARIANT_FAILED"): "invariants ours evaluates that HAPI's FHIRPath engine judges "
+    "otherwise (see the rule's key in the example column)",
+    ("hapi", "INVARIANT_FAILED"): "invariants HAPI reports that ours does not (fhirpathpy "
+    "semantics or a native check's difference)",
+}
+
+
+@dataclass
+class Row:
+    name: str
+    ours: list[tuple[str, str, str]] = field(default_factory=list)  # (location, id, message) of errors
+    hapi: list[tuple[str, str, str]] = field(default_factory=list)
+    ours_seconds: float = 0.0
+    hapi_seconds: float = 0.0
+
+    @property
+    def same_verdict(self) -> bool:
+        return bool(self.ours) == bool(self.hapi)
+
+
+_COMMENT = re.compile(r"/\*.*?\*/")
+_OFTYPE = re.compile(r"\.ofType\(\w+\)")
+
+
+def _norm(loc: str, choices: frozenset[str]) -> str:
+    loc = _OFTYPE.sub("", _COMMENT.sub("", loc))
+    parts = []
+    for part in loc.split("."):
+        name, _, idx = part.partition("[")
+        m = re.match(r"^([a-z][A-Za-z0-9]*?)[A-Z]", name)
+        if m and m.group(1) in choices:
+            name = m.group(1)
+        parts.append(name + ("[" + idx if idx else ""))
+    return ".".join(parts)
+
+
+def _hapi_id(issue: dict[str, Any]) -> str:
+    for e in issue.get("extension") or []:
+        if e.get("url", "").endswith("operationoutcome-message-id"):
+            return str(e.get("valueString", ""))
+    for c in (issue.get("details") or {}).get("coding") or []:
+        if c.get("system") == "http://hl7.org/fhir/java-core-messageId":
+            return str(c.get("code", ""))
+    return ""
+
+
+def compare(
+    resources: list[tuple[str, dict[str, Any]]],
+    base: str,
+    validator: Any,
+    threads: int = 2,
+) -> list[Row]:
+    import requests
+
+    from procfhir.validator.fastpath import _choice_names
+    from procfhir.validator.hapi_compare import hapi_location, hapi_validate
+
+    choices = _choice_names()
+    rows: list[Row] = []
+    for name, res in resources:
+        row = Row(name)
+        t0 = time.perf_counter()
+        issues = validator.validate(res)
+        row.ours_seconds = time.perf_counter() - t0
+        row.ours = [(_norm(i.location, choices), i.message_id, i.message) for i in issues if i.is_error]
+        rows.append(row)
+    local: dict[int, Any] = {}
+
+    def ask(i: int) -> tuple[int, list[dict[str, Any]], float]:
+        s = local.setdefault(os.getpid() * 1000 + i % threads, requests.Session())
+        t0 = time.perf_counter()
+        got = hapi_validate(s, base, resources[i][1])
+        return i, got, time.perf_counter() - t0
+
+    with ThreadPoolExecutor(threads) as pool:
+        for done, (i, got, seconds) in enumerate(pool.map(ask, range(len(resources))), 1):
+            rows[i].hapi_seconds = seconds
+            rows[i].hapi = [
+                (_norm(hapi_location(h), choices), _hapi_id(h), str(h.get("diagnostics", "")))
+                for h in got
+                if h.get("severity") in ("error", "fatal")
+            ]
+            if done % 50 == 0:
+                print(f"  HAPI: {done}/{len(resources)}", file=sys.stderr, flush=True)
+    return rows
+
+
+def unmatched(rows: list[Row]) -> dict[tuple[str, str], list[tuple[str, str, str]]]:
+    """Errors of one side with no error of the other side at the same location, by (side, id)."""
+    out: dict[tuple[str, str], list[tuple[str, str, str]]] = defaultdict(list)
+    for r in rows:
+        theirs = {loc for loc, _, _ in r.hapi}
+        mine = {loc for loc, _, _ in r.ours}
+        for loc, mid, msg in r.ours:
+            if loc not in theirs:
+                out[("ours", mid or "?")].append((r.name, loc, msg))
+        for loc, mid, msg in r.hapi:
+            if loc not in mine:
+                out[("hapi", mid or "?")].append((r.name, loc, msg))
+    return out
+
+
+def report(title: str, rows: list[Row]) -> str:
+    n = len(rows)
+    same = sum(r.same_verdict for r in rows)
+    both_err = sum(bool(r.ours) and bool(r.hapi) for r in rows)
+    ours_only = sum(bool(r.ours) and not r.hapi for r in rows)
+    hapi_only = sum(bool(r.hapi) and not r.ours for r in rows)
+    ours_t = sum(r.ours_seconds for r in rows)
+    hapi_t = sum(r.hapi_seconds for r in rows)
+    lines = [
+        f"## {title}",
+        "",
+        f"{n} resources; same verdict on {same} ({100 * same / max(n, 1):.1f} %): "
+        f"both with errors {both_err}, both without {same - both_err}; errors from ours only {ours_only}, from HAPI only {hapi_only}.",
+        f"Time: ours {ours_t:.1f} s ({n / max(ours_t, 1e-9):,.0f}/s), HAPI $validate {hapi_t:.1f} s "
+        f"({n / max(hapi_t, 1e-9):,.1f}/s); ratio {hapi_t / max(ours_t, 1e-9):,.0f}x; "
+        f"load average {os.getloadavg()[0]:.1f}.",
+        "",
+        "Resources with a different verdict:",
+        "",
+        "| resource | errors from | first error (id, location, message) |",
+        "|---|---|---|",
+    ]
+    for r in rows:
+        if r.same_verdict:
+            continue
+        side, errs = ("ours", r.ours) if r.ours else ("HAPI", r.hapi)
+        loc, mid, msg = errs[0]
+        lines.append(f"| {r.name} | {side} | {mid} `{loc}` {msg[:110].replace('|', '/')} |")
+    lines += [
+        "",
+        "Errors at a location where the other validator reports none, by rule:",
+        "",
+        "| side | rule id | errors | resources | example | cause |",
+        "|---|---|---|---|---|---|",
+    ]
+    groups = unmatched(rows)
+    for (side, mid), items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        res = len({name for name, _, _ in items})
+        name, loc, msg = items[0]
+        cause = CAUSES.get((side, mid), "")
+        example = f"{name} `{loc}`: {msg[:100]}".replace("|", "/")
+        lines.append(f"| {side} | {mid} | {len(items)} | {res} | {example} | {cause} |")
+    return "\n".join(lines)
+
+
+def examples(stride: int) -> list[tuple[str, dict[str, Any]]]:
+    from procfhir import fhircache
+
+    files = [f for f in sorted(fhircache.examples_dir().glob("*.json")) if f.name not in ("package.json",)]
+    return [(f.name, json.loads(f.read_text(encoding="utf-8"))) for f in files[::stride]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stride", type=int, default=10, help="every n-th example (1: all)")
+    ap.add_argument("--threads", type=int, default=2, help="requests in flight to HAPI")
+    ap.add_argument("--out", default=None, help="write the Markdown report here too")
+    ap.add_argument("--json", dest="json_out", default=None, help="write per-resource rows (JSON)")
+    ap.add_argument("--no-package", action="store_true", help="skip our own package")
+    args = ap.parse_args()
+
+    from procfhir.validator import Validator
+
+    base = os.environ.get("HAPI_BASE_URL", "").rstrip("/")
+    server = None
+    if not base:
+        from procfhir.hapi_server import HapiServer, free_port
+
+        server = HapiServer(free_port())
+        server.start(timeout=600)
+        base = server.base_url
+    try:
+        sections = []
+        sample = examples(args.stride)
+        print(f"examples: {len(sample)} (every {args.stride}th file)", file=sys.stderr)
+        rows = compare(sample, base, Validator(), args.threads)
+        sections.append(report(f"R4 examples package (every {args.stride}th of 5,306 files)", rows))
+        all_rows = {"examples": rows}
+        if not args.no_package:
+            import requests
+
+            from procfhir.build import build
+            from procfhir.validator.hapi_compare import install_definitions
+
+            package = [r for r in build(write=False, validate=False).resources]
+            install_definitions(requests.Session(), base, package)
+            mine = Validator(extra_definitions=[r for r in package if "url" in r])
+            named = [
+                (f"{r['resourceType']}/{r['id']}", r)
+                for r in package
+                if r["resourceType"] != "ImplementationGuide"
+            ]
+            prow = compare(named, base, mine, args.threads)
+            sections.append(
+                report("Our package (built; HAPI given its profiles, value sets, code systems)", prow)
+            )
+            all_rows["package"] = prow
+        text = "\n\n".join(sections)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n", encoding="utf-8")
+        if args.json_out:
+            Path(args.json_out).write_text(
+                json.dumps({k: [r.__dict__ for r in v] for k, v in all_rows.items()}, indent=1) + "\n",
+                encoding="utf-8",
+            )
+    finally:
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
