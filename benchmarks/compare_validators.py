@@ -150,7 +150,8 @@ def report(title: str, rows: list[Row]) -> str:
         f"## {title}",
         "",
         f"{n} resources; same verdict on {same} ({100 * same / max(n, 1):.1f} %): "
-        f"both with errors {both_err}, both without {same - both_err}; errors from ours only {ours_only}, from HAPI only {hapi_only}.",
+        f"both with errors {both_err}, both without {same - both_err}; "
+        f"errors from ours only {ours_only}, from HAPI only {hapi_only}.",
         f"Time: ours {ours_t:.1f} s ({n / max(ours_t, 1e-9):,.0f}/s), HAPI $validate {hapi_t:.1f} s "
         f"({n / max(hapi_t, 1e-9):,.1f}/s); ratio {hapi_t / max(ours_t, 1e-9):,.0f}x; "
         f"load average {os.getloadavg()[0]:.1f}.",
