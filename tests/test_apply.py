@@ -6,6 +6,7 @@ import base64
 import copy
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -315,6 +316,33 @@ def test_compiled_and_memo_give_the_same_results_as_plain_fhirpathpy(va):
     # every expression of the plan is compiled, and no sample input fell back to fhirpathpy
     assert all(x.fast is not None for x in fast.plan.expressions)
     assert fast.plan.evaluator.compiled > 1000 and fast.plan.evaluator.fallbacks == 0
+
+
+def test_json_lines_from_templates_equal_the_resources(va, gen):
+    """The batch's JSON lines (templates filled per patient) are orjson.dumps of apply()'s."""
+    import orjson
+
+    names = ["Jane O'Brien", 'Zoë <b>&</b> "Q"', "A%(K)s %s", "x" * 7, "李"]
+    contexts = list(sample_contexts(300, seed=21, bad_every=9))
+    contexts += [
+        pk.generic_context(pid=f"g{i}", medications=[pk.medication(f"g{i}")] * (i % 2)) for i in range(6)
+    ]
+    checked = 0
+    for i, ctx in enumerate(contexts):
+        applier = gen if ctx["id"].startswith("ctx-g") else va
+        if "patient" in ctx:
+            ctx["patient"]["name"] = [{"text": names[i % len(names)]}]
+        if i % 4 == 0:
+            ctx["performer"] = {"reference": "Practitioner/p-1", "display": 'Dr "%" Ünal'}
+        try:
+            expected = [(r["resourceType"], orjson.dumps(r)) for r in applier.apply(ctx).resources]
+        except ApplyError as exc:
+            with pytest.raises(ApplyError, match=re.escape(str(exc))):
+                applier.apply_json(ctx)
+            continue
+        assert applier.apply_json(ctx)[0] == expected
+        checked += 1
+    assert checked > 250 and va.json.hits > va.json.misses > 0
 
 
 def test_consent_texts_equal_the_builders_rendering(va):

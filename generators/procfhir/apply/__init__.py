@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from procfhir.apply.completion import complete_procedure
 from procfhir.apply.engine import Plan, load_plan
 from procfhir.apply.errors import ApplyError, ConditionCheck, KnowledgeError, NotApplicable
@@ -61,14 +63,27 @@ class Applier:
     """A compiled plan and its resource builder: apply it to many contexts."""
 
     def __init__(self, plan: Plan | None = None) -> None:
+        from procfhir.apply.fast import JsonOutput
+
         self.plan = plan or load_plan()
         self.builder = Builder(self.plan)
+        self.json = JsonOutput(self.builder)
 
     def apply(self, context: Any) -> ApplyResult:
         ctx = self.plan.parse(context)
         outcome = self.plan.evaluate(ctx)
         resources = self.builder.build(outcome)
         return ApplyResult(resources, [w.text for w in outcome.warnings], outcome.checks)
+
+    def apply_json(self, context: Any) -> tuple[list[tuple[str, bytes]], int]:
+        """The resources as JSON lines (``orjson.dumps`` of :meth:`apply`'s, made from templates)
+        and the number of warnings."""
+        ctx = self.plan.parse(context)
+        outcome = self.plan.evaluate(ctx)
+        lines = self.json.render(outcome)
+        if lines is None:
+            lines = [(r["resourceType"], orjson.dumps(r)) for r in self.builder.build(outcome)]
+        return lines, len(outcome.warnings)
 
 
 _DEFAULT: Applier | None = None

@@ -193,13 +193,44 @@ def _function(node: dict[str, Any]) -> tuple[Fn, bool]:
             # read from the data is a node object, always truthy: only plain booleans compiled
             raise Unsupported(f"{name}() on a non-boolean criterion")
 
-        def where(items: list[Any], env: Env) -> list[Any]:
-            kept = []
-            for item in items:
-                r = crit([item], env)
-                if r and r[0]:
-                    kept.append(item)
-            return kept
+        names = _item_names(params[0])
+        if names is None:
+
+            def where(items: list[Any], env: Env) -> list[Any]:
+                kept = []
+                for item in items:
+                    r = crit([item], env)
+                    if r and r[0]:
+                        kept.append(item)
+                return kept
+
+        else:
+            # The criterion reads only these elements of the item (no variable, no $this): items
+            # with the same primitive values there (codings of the same system and code...) give
+            # the same answer, remembered (bounded).
+            keys = tuple(k for n in names for k in (n, "_" + n))
+            memo: dict[tuple[Any, ...], bool] = {}
+
+            def where(items: list[Any], env: Env) -> list[Any]:
+                kept = []
+                for item in items:
+                    if type(item) is dict:
+                        key = tuple([item.get(k) for k in keys])
+                        if all(type(v) in _KEYABLE for v in key):
+                            hit = memo.get(key)
+                            if hit is None:
+                                r = crit([item], env)
+                                hit = bool(r and r[0])
+                                if len(memo) >= 4096:
+                                    memo.clear()
+                                memo[key] = hit
+                            if hit:
+                                kept.append(item)
+                            continue
+                    r = crit([item], env)
+                    if r and r[0]:
+                        kept.append(item)
+                return kept
 
         if name == "where":
             return where, False
@@ -239,6 +270,32 @@ def _function(node: dict[str, Any]) -> tuple[Fn, bool]:
 
         return to_string, False
     raise Unsupported(f"{name}() is not compiled")
+
+
+_KEYABLE = (str, type(None))  # not int/bool: True == 1 as dict keys
+_CONTEXT_FREE = frozenset({"ExternalConstantTerm", "ThisInvocation", "IndexInvocation", "TotalInvocation"})
+
+
+def _item_names(node: dict[str, Any]) -> frozenset[str] | None:
+    """The element names a criterion reads from its item, or None when it also reads a variable
+    or ``$this``, or navigates further than one step from the item (its answer then depends on
+    more than the item's own primitive elements)."""
+    names: set[str] = set()
+
+    def walk(n: dict[str, Any]) -> bool:
+        kind = n.get("type")
+        if kind in _CONTEXT_FREE:
+            return False
+        if kind == "InvocationExpression":
+            return False  # a path of several steps (or a function): nested values
+        if kind == "MemberInvocation":
+            names.add(n["children"][0]["text"].strip('"').replace("`", ""))
+            return True
+        return all(walk(c) for c in n.get("children") or [])
+
+    if not walk(node):
+        return None
+    return frozenset(names)
 
 
 def _binary(node: dict[str, Any]) -> tuple[Fn, bool]:

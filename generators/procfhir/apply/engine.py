@@ -11,12 +11,15 @@ chosen by the user (the context's technique) is taken; other groups take every a
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from procfhir.apply.context import PatientContext, parse_context
 from procfhir.apply.errors import ApplyError, ConditionCheck, KnowledgeError, NotApplicable
-from procfhir.apply.expressions import Evaluator, Expression
+from procfhir.apply.expressions import Evaluator, Expression, project
 from procfhir.apply.knowledge import Knowledge, load_knowledge
 
 CHOICE_BEHAVIORS = frozenset({"exactly-one", "at-most-one", "one-or-more", "any"})
@@ -80,6 +83,7 @@ class Outcome:
     selected: list[Selected]
     checks: list[ConditionCheck]
     warnings: list[Warning]
+    memo: dict[Any, Any] | None = None  # shared by the patients of one remembered outcome
 
 
 def _path_steps(resource_type: str, path: str, where: str) -> list[tuple[str, bool]]:
@@ -140,6 +144,16 @@ class Plan:
         _index(self.actions, self.by_id, self.paths, [])
         self.techniques = list(self.choices)
         self.sites = knowledge.sites
+        # The outcome of the whole plan for a patient depends only on the environment projected
+        # onto the names its expressions use (when each of them is memoizable): patients with the
+        # same relevant facts share one walk of the plan.
+        self.memo = memo and all(x.memoizable for x in self.expressions)
+        self._names = (
+            frozenset().union(*(x.names for x in self.expressions)) if self.expressions else frozenset()
+        )
+        self._used = sorted({v for x in self.expressions for v in x.variables})
+        self._outcomes: OrderedDict[tuple[Any, ...], tuple[Any, ...]] = OrderedDict()
+        self.max_outcomes = 4096
         used = {v for x in self.expressions for v in x.variables}
         # Packages built before the contract named the body-site variable %sites used another
         # name for it: a single unknown variable of a plan with body sites is that variable.
@@ -279,19 +293,39 @@ class Plan:
     def evaluate(self, ctx: PatientContext) -> Outcome:
         """Walk the plan for one patient; raise :class:`NotApplicable` when the choice is excluded."""
         env = self.environment(ctx)
+        key = None
+        if self.memo:
+            projected = {v: project(env.get(v), self._names) for v in self._used}
+            key = (ctx.technique, orjson.dumps(projected, option=orjson.OPT_SORT_KEYS))
+            hit = self._outcomes.get(key)
+            if hit is not None:
+                self._outcomes.move_to_end(key)
+                if hit[3] is not None:
+                    raise NotApplicable(self.plan["id"], hit[3], list(hit[1]))
+                return Outcome(ctx, hit[0], list(hit[1]), hit[2], hit[4])
         checks: list[ConditionCheck] = []
         selected = [s for a in self.actions if (s := self._walk(a, env, ctx.technique, checks))]
         target = self.procedure_action(ctx.technique)
+        failed: list[ConditionCheck] | None = None
         if target is not None:
             path = self.paths[target]
             if not _reached(selected, path):
                 failed = [c for c in checks if not c.result and c.action in path]
-                raise NotApplicable(self.plan["id"], failed, checks)
         elif not any(s.action.activity is not None or s.children for s in selected):
-            raise NotApplicable(self.plan["id"], [c for c in checks if not c.result], checks)
+            failed = [c for c in checks if not c.result]
         warnings: list[Warning] = []
-        _collect_warnings(selected, warnings)
-        return Outcome(ctx, selected, checks, warnings)
+        if failed is None:
+            _collect_warnings(selected, warnings)
+        if key is not None:
+            memo: dict[Any, Any] | None = {}
+            self._outcomes[key] = (selected, tuple(checks), warnings, failed, memo)
+            if len(self._outcomes) > self.max_outcomes:
+                self._outcomes.popitem(last=False)
+        else:
+            memo = None
+        if failed is not None:
+            raise NotApplicable(self.plan["id"], failed, checks)
+        return Outcome(ctx, selected, checks, warnings, memo)
 
     def _walk(
         self,

@@ -43,8 +43,6 @@ def memo_safe(expression: str) -> bool:
     text = _STRING.sub("''", expression)
     if "`" in text or _REFLECTIVE.search(text) or "$this" in text or "$index" in text:
         return False
-    if set(_WORD.findall(text)) & CHOICE_NAMES:  # performed -> performedDateTime: not a name used
-        return False
     for m in _COMPARISON.finditer(text):
         before, after = text[: m.start()], text[m.end() :]
         if not (_LITERAL_END.search(before) or _LITERAL.match(after) or _LITERAL_UNION.match(after)):
@@ -58,13 +56,37 @@ def names_used(expression: str) -> frozenset[str]:
 
 
 def project(value: Any, names: frozenset[str]) -> Any:
-    """Keep only the object keys in ``names`` (and their ``_name`` primitive extensions), deeply."""
-    if isinstance(value, dict):
+    """Keep only the object keys in ``names`` (and their ``_name`` primitive extensions, and the
+    typed forms ``performedDateTime``... of the choice elements named), deeply."""
+    choices = tuple(names & CHOICE_NAMES)
+    return _project(value, names, choices) if choices else _project_plain(value, names)
+
+
+def _project_plain(value: Any, names: frozenset[str]) -> Any:
+    if type(value) is dict:
         return {
-            k: project(v, names) for k, v in value.items() if k in names or (k[:1] == "_" and k[1:] in names)
+            k: _project_plain(v, names)
+            for k, v in value.items()
+            if k in names or (k[:1] == "_" and k[1:] in names)
         }
-    if isinstance(value, list):
-        return [project(v, names) for v in value]
+    if type(value) is list:
+        return [_project_plain(v, names) for v in value]
+    return value
+
+
+def _keep(key: str, names: frozenset[str], choices: tuple[str, ...]) -> bool:
+    if key[:1] == "_":
+        key = key[1:]
+    if key in names:
+        return True
+    return any(key.startswith(c) and key[len(c) : len(c) + 1].isupper() for c in choices)
+
+
+def _project(value: Any, names: frozenset[str], choices: tuple[str, ...]) -> Any:
+    if type(value) is dict:
+        return {k: _project(v, names, choices) for k, v in value.items() if _keep(k, names, choices)}
+    if type(value) is list:
+        return [_project(v, names, choices) for v in value]
     return value
 
 
