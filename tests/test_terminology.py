@@ -68,6 +68,14 @@ def test_lookup_cli(installed: None) -> None:
     assert "source: hl7.terminology.r4 7.0.1: ValueSet/snomed-intl-gps" in ok.stdout
     none = run("zzqqxx")
     assert none.returncode == 1 and "no candidate" in none.stdout and "Traceback" not in none.stderr
+    status = subprocess.run(
+        [sys.executable, "-m", "procfhir.cli", "terminology", "status", "--verify"],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+    assert status.returncode == 0 and "checksum verified" in status.stdout, status.stderr
 
 
 def _fake_tho_tarball() -> bytes:

@@ -155,6 +155,10 @@ def build(
             locks = [signoff.lock_path(doc) for doc in cfg.documents]
             exc.problems += signoff.unchecked_lock_problems(locks, load_source)
         raise
+    from procfhir.builders.provenance import CODES as PROVENANCE_CODES
+
+    # every standard code against the installed terminology content (an input problem: first)
+    checks = verify_mappings(mappings, extra=PROVENANCE_CODES)
     comparisons = signoff.compare_documents(mappings)
     resources = build_resources(cfg, mappings, comparisons)
     from procfhir.offsets import provenance_problems
@@ -162,10 +166,6 @@ def build(
     inexact = provenance_problems(resources, cfg.url("StructureDefinition", "source-text"))
     if inexact:  # a defect of the generator, never of the input: say so plainly
         raise BuildError("the package's provenance is not exact (a bug in the generator)", inexact)
-    from procfhir.builders.provenance import CODES as PROVENANCE_CODES
-
-    # every standard code against the installed terminology content
-    checks = verify_mappings(mappings, extra=PROVENANCE_CODES)
     terminology = terminology_report(cfg, mappings, resources, checks)
     trace = build_trace(cfg, mappings, resources)
     refusal = signoff.signoff_check(cfg.status, mappings, comparisons, trace)
