@@ -43,6 +43,10 @@ CAUSES: dict[tuple[str, str], str] = {
 }
 
 
+HAPI_TIMEOUT = float(os.environ.get("COMPARE_HAPI_TIMEOUT", "600"))
+_FAILED = "HAPI did not answer: "
+
+
 @dataclass
 class Row:
     name: str
@@ -50,6 +54,7 @@ class Row:
     hapi: list[tuple[str, str, str]] = field(default_factory=list)
     ours_seconds: float = 0.0
     hapi_seconds: float = 0.0
+    hapi_failed: str = ""  # HAPI gave no OperationOutcome (timeout, HTTP error): not compared
 
     @property
     def same_verdict(self) -> bool:
@@ -107,12 +112,18 @@ def compare(
     def ask(i: int) -> tuple[int, list[dict[str, Any]], float]:
         s = local.setdefault(os.getpid() * 1000 + i % threads, requests.Session())
         t0 = time.perf_counter()
-        got = hapi_validate(s, base, resources[i][1])
+        try:
+            got = hapi_validate(s, base, resources[i][1], timeout=HAPI_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - a HAPI failure is reported, not fatal to the run
+            got = [{"severity": "fatal", "diagnostics": f"{_FAILED}{type(exc).__name__}: {exc}"}]
         return i, got, time.perf_counter() - t0
 
     with ThreadPoolExecutor(threads) as pool:
         for done, (i, got, seconds) in enumerate(pool.map(ask, range(len(resources))), 1):
             rows[i].hapi_seconds = seconds
+            if got and str(got[0].get("diagnostics", "")).startswith((_FAILED, "HTTP ")):
+                rows[i].hapi_failed = str(got[0]["diagnostics"])[:200]
+                continue
             rows[i].hapi = [
                 (_norm(hapi_location(h), choices), _hapi_id(h), str(h.get("diagnostics", "")))
                 for h in got
@@ -138,7 +149,9 @@ def unmatched(rows: list[Row]) -> dict[tuple[str, str], list[tuple[str, str, str
     return out
 
 
-def report(title: str, rows: list[Row]) -> str:
+def report(title: str, all_rows: list[Row]) -> str:
+    failed = [r for r in all_rows if r.hapi_failed]
+    rows = [r for r in all_rows if not r.hapi_failed]
     n = len(rows)
     same = sum(r.same_verdict for r in rows)
     both_err = sum(bool(r.ours) and bool(r.hapi) for r in rows)
@@ -155,6 +168,9 @@ def report(title: str, rows: list[Row]) -> str:
         f"Time: ours {ours_t:.1f} s ({n / max(ours_t, 1e-9):,.0f}/s), HAPI $validate {hapi_t:.1f} s "
         f"({n / max(hapi_t, 1e-9):,.1f}/s); ratio {hapi_t / max(ours_t, 1e-9):,.0f}x; "
         f"load average {os.getloadavg()[0]:.1f}.",
+        "",
+        f"Not compared (HAPI gave no OperationOutcome): {len(failed)}"
+        + "".join(f"\n- {r.name}: {r.hapi_failed}" for r in failed),
         "",
         "Resources with a different verdict:",
         "",

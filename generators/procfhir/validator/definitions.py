@@ -14,6 +14,28 @@ _FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fh
 _REGEX_EXT = "http://hl7.org/fhir/StructureDefinition/regex"
 
 
+_PROSE = ("definition", "comment", "requirements", "mapping", "alias", "example", "meaningWhenMissing")
+
+
+def _strip_prose(res: dict[str, Any]) -> None:
+    """Drop what validation never reads from a core conformance resource (in place)."""
+    res.pop("text", None)
+    res.pop("mapping", None)
+    for part in ("snapshot", "differential"):
+        for ed in (res.get(part) or {}).get("element") or []:
+            for k in _PROSE:
+                ed.pop(k, None)
+            for c in ed.get("constraint") or []:
+                c.pop("xpath", None)
+    todo = list(res.get("concept") or [])
+    while todo:
+        c = todo.pop()
+        if isinstance(c, dict):
+            c.pop("definition", None)
+            c.pop("designation", None)
+            todo.extend(c.get("concept") or [])
+
+
 class DefinitionsError(Exception):
     """The core definitions are not available (cache not filled) or unreadable."""
 
@@ -168,7 +190,12 @@ class CompiledSD:
 class Definitions:
     """Conformance resources by canonical URL: extras first, then the core package (lazy)."""
 
-    def __init__(self, extra: list[dict[str, Any]] | None = None, core_dir: Path | None = None) -> None:
+    def __init__(
+        self, extra: list[dict[str, Any]] | None = None, core_dir: Path | None = None, lean: bool = False
+    ) -> None:
+        """``lean``: core resources are kept without the prose validation never reads
+        (definitions, comments, mappings, narratives): about half the memory."""
+        self.lean = lean
         if core_dir is None:
             from procfhir.fhircache import core_dir as default_core
 
@@ -232,6 +259,8 @@ class Definitions:
         if fname:
             try:
                 res = json.loads((self.core_dir / fname).read_text(encoding="utf-8"))
+                if self.lean and isinstance(res, dict):
+                    _strip_prose(res)
             except (OSError, ValueError) as exc:
                 raise DefinitionsError(f"{self.core_dir / fname}: unreadable: {exc}") from None
         self._loaded[url] = res

@@ -93,7 +93,7 @@ class Validator:
         unknown_extension_severity: str | None = None,
         strict: bool = False,
     ) -> None:
-        self.defs = Definitions(extra_definitions, core_dir)
+        self.defs = Definitions(extra_definitions, core_dir, lean=True)
         self.terminology = Terminology(self.defs)
         self.invariants = Invariants()
         self.strict = strict

@@ -30,7 +30,9 @@ def install_definitions(session: Any, base_url: str, resources: list[dict[str, A
     return count
 
 
-def hapi_validate(session: Any, base_url: str, resource: dict[str, Any]) -> list[dict[str, Any]]:
+def hapi_validate(
+    session: Any, base_url: str, resource: dict[str, Any], timeout: float = 120
+) -> list[dict[str, Any]]:
     """The issues of HAPI's ``POST [base]/[type]/$validate`` for one resource."""
     rtype = resource.get("resourceType") if isinstance(resource, dict) else None
     url = f"{base_url}/{rtype}/$validate" if isinstance(rtype, str) else f"{base_url}/$validate"
@@ -38,7 +40,7 @@ def hapi_validate(session: Any, base_url: str, resource: dict[str, Any]) -> list
         url,
         json=resource,
         headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"},
-        timeout=120,
+        timeout=timeout,
     )
     try:
         body = resp.json()
