@@ -593,8 +593,8 @@ def extension_context(
             return  # fhirpath/extension contexts: not judged
         if expr in ("Element", "Base") or expr in paths or expr in host_types:
             return
-        if any(expr.startswith(p + ".") for p in paths):
-            return  # core itself puts e.g. structuredefinition-fhir-type on ElementDefinition.type
+        if any(expr.startswith(p + ".") or p.startswith(expr + ".") for p in paths):
+            return  # core itself puts e.g. regex (context ElementDefinition) on ElementDefinition.type
         if is_resource and expr in ("Resource", "DomainResource"):
             return
         if expr.split(".", 1)[0] in ("BackboneElement",) and not is_resource:
@@ -730,7 +730,9 @@ def _bundle_references(res: dict[str, Any], entries: list[Any], loc: str, ctx: C
             if "://" in ref and not ref.startswith(base or "\0"):
                 continue  # an absolute reference to a server: not expected to be in the bundle
             msg = f"{ref} is not an entry of this {res.get('type')} bundle"
-            ctx.add("error", path, msg, "not-found", mid=M.BUNDLE_REF_NOT_FOUND)
+            # a urn: names nothing outside the bundle; Type/id may still resolve on a server
+            sev = "error" if ref.startswith("urn:") else "warning"
+            ctx.add(sev, path, msg, "not-found", mid=M.BUNDLE_REF_NOT_FOUND)
 
 
 def _references(value: Any, loc: str) -> list[tuple[str, str]]:

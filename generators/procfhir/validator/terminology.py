@@ -48,7 +48,7 @@ class CodeSystemInfo:
 GRAMMARS: dict[str, re.Pattern[str]] = {
     "urn:ietf:bcp:13": re.compile(  # MIME types (RFC 6838), with optional parameters
         r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"
-        r"(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=(\"[^\"]*\"|[^;\s]+))*"
+        r"(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=(\"[^\"]*\"|[^;\s]([^;]*[^;\s])?))*"  # values may hold spaces
     ),
     "urn:ietf:bcp:47": re.compile(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*"),  # language tags (syntax only)
 }
