@@ -89,11 +89,13 @@ def check_code(
                 return _confirmed(c, system, code, display, "synonym", note), None
         note = f"allowed synonym stated by the mapping, source: {synonym_source}"
         return _confirmed(top[0], system, code, display, "synonym", note), None
+    other = next((c for c in rows if want in accepted_displays(c)), None)
+    hint = f" ({other.cite()} gives it)" if other is not None else ""
     return None, (
         f"{where}: {system}|{code}: display {display!r} differs from the source's "
         f"{strip_semantic_tag(top[0].display) if top[0].source == 'snomed-gps' else top[0].display!r} "
         f"({top[0].cite()}); use the source's display, or state the display as an allowed synonym "
-        "with its source (synonym_source)"
+        f"with its source (synonym_source){hint}"
     )
 
 
