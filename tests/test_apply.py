@@ -202,7 +202,7 @@ def test_lung_disease_level_limit_and_preference(va, validator):
         va.apply(with_copd(context(sites=["T12", "L1", "L2"])))
     assert [c.name for c in err.value.failed] == ["LungDiseaseLevelLimit"]
     words = err.value.failed[0].description  # the text's own words are the refusal
-    assert "no more than 2 levels" in words and f"LungDiseaseLevelLimit ({words.rstrip('.')})" in str(
+    assert "no more than 2 levels" in words.lower() and f"LungDiseaseLevelLimit ({words.rstrip('.')})" in str(
         err.value
     )
     two = va.apply(with_copd(context()))

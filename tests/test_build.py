@@ -219,7 +219,7 @@ def _levels(n: int) -> list[dict[str, Any]]:
 
 
 def _evaluate(expression: str, conditions: list[dict[str, Any]], levels: int) -> bool:
-    env = {"patient": {"resourceType": "Patient"}, "conditions": conditions, "levels": _levels(levels)}
+    env = {"patient": {"resourceType": "Patient"}, "conditions": conditions, "sites": _levels(levels)}
     return fhirpathpy.evaluate({}, expression, env) == [True]
 
 
@@ -228,7 +228,7 @@ def test_lung_disease_level_limit_is_computable(built: BuildResult) -> None:
     group = plan["action"][0]
     limit = next(c for c in group["condition"] if c["expression"]["name"] == "LungDiseaseLevelLimit")
     expr = limit["expression"]["expression"]
-    assert "no more than 2 levels" in limit["expression"]["description"]
+    assert "No more than 2 levels at one time will be treated" in limit["expression"]["description"]
     fracture = _condition("M80.08XA", "http://hl7.org/fhir/sid/icd-10-cm")
     copd = _condition("13645005")
     assert _evaluate(expr, [fracture], 3) is True  # no lung disease: no limit

@@ -44,10 +44,10 @@ def core_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def profiles(core_cache: Path) -> list[dict[str, Any]]:
+    from procfhir.build import package_profiles
     from procfhir.config import load_config
-    from procfhir.profiles import load_profiles
 
-    return load_profiles(load_config())
+    return package_profiles(load_config())
 
 
 @pytest.fixture(scope="session")
@@ -341,19 +341,27 @@ def test_bundle_and_package_tarball_inputs(core_cache: Path, tmp_path: Path) -> 
 
 
 def test_snapshots_are_generated_and_deterministic(profiles: list[dict[str, Any]]) -> None:
+    from procfhir.build import package_profiles
     from procfhir.config import load_config
-    from procfhir.profiles import load_profiles
 
-    again = load_profiles(load_config())
+    again = package_profiles(load_config())
     assert json.dumps(again, sort_keys=True) == json.dumps(profiles, sort_keys=True)
     ids = {p["id"] for p in profiles}
     assert ids == {
-        "vertebral-augmentation-procedure",
+        "vertebral-augmentation-procedure",  # the plan's own two, generated from its model
+        "vertebral-augmentation-consent",
         "treatment-consent",
         "clinical-protocol",
         "procedure-activity",
         "source-text",
         "disclosed-risk",
+        "plan-value-set",
+        "procedure-profile",
+        "limit",
+        "not-computable",
+        "quantity-per-site",
+        "code-for-sites",
+        "uses-material",
     }
     consent = next(p for p in profiles if p["id"] == "treatment-consent")
     els = {e["id"]: e for e in consent["snapshot"]["element"]}

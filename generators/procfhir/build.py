@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from procfhir.builders.consent import build_consent
+from procfhir.builders.consent import build_consent, consent_profile
 from procfhir.builders.plandefinition import build_activities, build_plan
-from procfhir.builders.procedure import build_patient, build_procedures
+from procfhir.builders.procedure import build_patient, build_procedures, procedure_profile
 from procfhir.builders.terminology import build_codesystem, build_value_sets
 from procfhir.config import PROJECT_ROOT, Config, load_config
 from procfhir.errors import BuildError
@@ -81,7 +81,7 @@ def build_resources(
         if m.examples is not None:
             resources.append(build_patient(m.examples))
             resources += build_procedures(cfg, m)
-    resources += _profiles(cfg)
+    resources += package_profiles(cfg, mappings)
     if signoff:  # the sign-off of each document, as Provenance of what rests on its sentences
         from procfhir.builders.provenance import build_provenances
 
@@ -98,10 +98,16 @@ def build_resources(
     return sort_resources([implementation_guide(cfg, resources), *resources])
 
 
-def _profiles(cfg: Config) -> list[dict[str, Any]]:
+def package_profiles(cfg: Config, mappings: list[Document] | None = None) -> list[dict[str, Any]]:
+    """The package's StructureDefinitions: those of ``profiles/`` and each plan's own."""
+    docs = load_mappings(cfg) if mappings is None else mappings
+    return _profiles(cfg, [p for m in docs for p in (procedure_profile(cfg, m), consent_profile(cfg, m))])
+
+
+def _profiles(cfg: Config, generated: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from procfhir.profiles import load_profiles
 
-    return load_profiles(cfg)
+    return load_profiles(cfg, generated)
 
 
 def validation_findings(resources: list[dict[str, Any]]) -> list[tuple[str, Any]]:

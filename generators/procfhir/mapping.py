@@ -299,6 +299,7 @@ def _limit(r: _Resolver, lim: dict[str, Any]) -> Limit:
         preferred=lim.get("preferred"),
         warning=lim.get("warning"),
         applies_to=r.patients(lim.get("applies_to"), label),
+        wording=r.wording(quotes),
     )
 
 
@@ -321,6 +322,7 @@ def _step(
         before=step.get("before"),
         quantity_per_site=QuantityPerSite(qps["value"], qps["unit"]) if qps else None,
         applies_to=r.patients(step.get("applies_to"), label),
+        wording=r.wording(quotes),
     )
 
 
@@ -521,7 +523,7 @@ def load_mapping(path: Path, local_system: str) -> Document:
         label = f"advice {adv['id']}"
         quotes = r.quotes(adv, label)
         patients = r.patients(adv["applies_to"], label) or Patients()
-        advice.append(Advice(adv["id"], adv["title"], adv["text"], patients, quotes))
+        advice.append(Advice(adv["id"], adv["title"], adv["text"], patients, quotes, r.wording(quotes)))
     body = raw.get("body_sites")
     body_sites = (
         BodySites(body["value_set"], body["label"], body["each"], body.get("required", True))

@@ -78,8 +78,8 @@ class BodySites:
     """The body sites a plan treats (a value set of the mapping) and how the text names them."""
 
     value_set: str  # id of a ValueSetDef of the same document
-    label: str  # "Vertebral level(s)": forms say "{label} to be treated"
-    each: str  # one site in quantities: "treated level"
+    label: str  # how the text names them: forms say "{label} to be treated"
+    each: str  # one site in quantities ("2 needle(s) per {each}")
     required: bool = True
 
 
@@ -129,6 +129,7 @@ class Step:
     before: str | None = None  # id of a later step of the same technique
     quantity_per_site: QuantityPerSite | None = None
     applies_to: Patients | None = None  # None: every patient of the technique
+    wording: str = ""  # the text's own words: the quoted sentences in text order
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ class Limit:
     preferred: int | None = None
     warning: str | None = None
     applies_to: Patients | None = None
+    wording: str = ""  # the text's own words (the refusal message): quoted sentences in text order
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ class Advice:
     text: str
     applies_to: Patients
     quotes: Quotes
+    wording: str = ""  # the text's own words: the quoted sentences in text order
 
 
 @dataclass(frozen=True)

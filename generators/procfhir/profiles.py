@@ -76,12 +76,14 @@ def build_profiles(
     date: str,
     status: str = "draft",
     folder: Path = PROFILES_DIR,
+    generated: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Publishable StructureDefinitions (with snapshots), sorted by id."""
+    """Publishable StructureDefinitions (with snapshots), sorted by id: the differentials of
+    ``folder`` and the ``generated`` ones (each plan's own profiles, made from its model)."""
     from procfhir.validator.definitions import Definitions, DefinitionsError
     from procfhir.validator.snapshot import SnapshotError, generate_snapshot
 
-    diffs = read_differentials(canonical, folder)
+    diffs = read_differentials(canonical, folder) + list(generated or [])
     out = []
     try:
         defs = Definitions(diffs)
@@ -131,8 +133,9 @@ _ORDER = [
 ]
 
 
-def load_profiles(config: Any = None) -> list[dict[str, Any]]:
-    """The package's StructureDefinitions for a configuration (``procfhir.config.load_config()``)."""
+def load_profiles(config: Any = None, generated: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The package's StructureDefinitions for a configuration (``procfhir.config.load_config()``),
+    with the ``generated`` differentials of its plans."""
     if config is None:
         from procfhir.config import load_config
 
@@ -143,4 +146,5 @@ def load_profiles(config: Any = None) -> list[dict[str, Any]]:
         config.publisher,
         config.date,
         getattr(config, "status", "draft") or "draft",
+        generated=generated,
     )

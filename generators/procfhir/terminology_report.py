@@ -14,7 +14,25 @@ from procfhir.model import Code, Document
 from procfhir.terminology.verify import CodeCheck
 
 # Codes that come from the configuration rather than from a mapping.
-_CONFIG_SOURCES = {"urn:iso:std:iso:3166": "ISO 3166-1 country code (package.yaml jurisdiction)"}
+_CONFIG_SOURCES = {
+    "urn:iso:std:iso:3166": "ISO 3166-1 country code (package.yaml jurisdiction)",
+    "http://unitsofmeasure.org": "UCUM unit of a limit's period (FHIR R4 Duration, docs/contract.md)",
+}
+# Codes the builders write whatever the procedure (a mapping may also list them, with its source).
+_BUILDER_CODES = {
+    ("http://terminology.hl7.org/CodeSystem/consentscope", "treatment"): (
+        "Treatment",
+        "FHIR R4 specification, CodeSystem consentscope (Consent.scope of every treatment consent)",
+    ),
+    ("http://loinc.org", "59284-0"): (
+        "Consent Document",
+        "FHIR R4 specification, Consent.category (every treatment consent)",
+    ),
+    ("http://terminology.hl7.org/CodeSystem/plan-definition-type", "clinical-protocol"): (
+        "Clinical Protocol",
+        "FHIR R4 specification, CodeSystem plan-definition-type (every plan)",
+    ),
+}
 
 
 def iter_codings(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -94,7 +112,17 @@ def _use(
         problems.append(f"{where}: {system}|{code} shows display {display!r}; the mapping: {c.display!r}")
     if key not in used:
         c = known.get(key)
-        if c is None and system in _CONFIG_SOURCES:
+        if c is None and key in _BUILDER_CODES:
+            display, source = _BUILDER_CODES[key]
+            used[key] = {
+                "system": system,
+                "code": code,
+                "display": display,
+                "source": source,
+                "local": False,
+                "used_in": [],
+            }
+        elif c is None and system in _CONFIG_SOURCES:
             used[key] = {
                 "system": system,
                 "code": code,

@@ -66,32 +66,3 @@ def jurisdiction(cfg: Config) -> dict[str, Any]:
     if not cfg.jurisdiction:
         return {}
     return {"jurisdiction": [{"coding": [{"system": "urn:iso:std:iso:3166", "code": cfg.jurisdiction}]}]}
-
-
-def coding_expression(codes_: Iterable[Code]) -> str:
-    """FHIRPath criteria matching a Coding against the given codes, grouped by system.
-
-    Written ``code = 'a' or code = 'b'`` (the same as ``code in ('a' | 'b')`` in FHIRPath) so that
-    HAPI's clinical reasoning ``$apply`` evaluates it too: it translates FHIRPath to CQL, where
-    ``'a' | 'b'`` (union of two strings) and ``code in 'a'`` do not resolve.
-    """
-    by_system: dict[str, list[str]] = {}
-    for c in codes_:
-        by_system.setdefault(c.system, []).append(c.code)
-    parts = []
-    for system, values in by_system.items():
-        alternatives = " or ".join("code = '" + v.replace("'", "\\'") + "'" for v in values)
-        if len(values) > 1:
-            alternatives = f"({alternatives})"
-        parts.append(f"(system = '{system}' and {alternatives})")
-    return " or ".join(parts)
-
-
-def has_condition_expression(codes_: Iterable[Code]) -> str:
-    """FHIRPath: one of the patient's Conditions (``%conditions``), not refuted, has a code."""
-    return (
-        "%conditions.where(verificationStatus.coding.where(code = 'refuted' or "
-        "code = 'entered-in-error').exists().not()).code.coding.where("
-        + coding_expression(codes_)
-        + ").exists()"
-    )

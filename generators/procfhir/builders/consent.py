@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from html import escape
 from typing import Any
 
-from procfhir.builders.common import concept, meta, source_ext
+from procfhir.builders import expressions as ex
+from procfhir.builders.common import FHIRPATH, concept, meta, source_ext
+from procfhir.builders.plandefinition import consent_profile_id
 from procfhir.config import Config
 from procfhir.model import Document
 from procfhir.narrative import narrative
@@ -30,7 +32,9 @@ def disclosed_risks(cfg: Config, d: Document) -> list[dict[str, Any]]:
     out = []
     for risk in d.consent.risks:
         outcome = concept(risk.codes, risk.outcome)
-        outcome = {"extension": source_ext(cfg, risk.quotes), **outcome}
+        quotes = list(risk.quotes)  # a modifier's quotes too (its sub-extensions have no room)
+        quotes += [q for mod in risk.modifiers for q in mod.quotes if q not in quotes]
+        outcome = {"extension": source_ext(cfg, quotes), **outcome}
         ext: list[dict[str, Any]] = [{"url": "outcome", "valueCodeableConcept": outcome}]
         f = risk.frequency
         if f is not None:
@@ -40,6 +44,22 @@ def disclosed_risks(cfg: Config, d: Document) -> list[dict[str, Any]]:
         ext.append({"url": "description", "valueString": risk.wording})
         if risk.management is not None:
             ext.append({"url": "management", "valueString": risk.management})
+        if f is not None and f.numerator is not None and f.denominator is not None:
+            ratio = {"numerator": {"value": f.numerator}, "denominator": {"value": f.denominator}}
+            ext.append({"url": "probability", "valueRatio": ratio})
+        for mod in risk.modifiers:
+            sub: list[dict[str, Any]] = [
+                {"url": "text", "valueString": mod.text},
+                {"url": "effect", "valueCode": mod.effect},
+            ]
+            if mod.applies_to is not None and mod.applies_to.computable:
+                expression = {
+                    "description": mod.text,
+                    "language": FHIRPATH,
+                    "expression": ex.patients(mod.applies_to),
+                }
+                sub.append({"url": "patients", "valueExpression": expression})
+            ext.append({"url": "modifier", "extension": sub})
         out.append({"url": url, "extension": ext})
     return out
 
@@ -52,7 +72,7 @@ def consent_form_html(
     d: Document,
     technique_ids: list[str] | None = None,
     patient_name: str | None = None,
-    levels: list[str] | None = None,
+    sites: list[str] | None = None,
 ) -> str:
     """The consent form a patient reads, rendered from the same data as the Consent.
 
@@ -71,9 +91,9 @@ def consent_form_html(
     if patient_name:
         parts.append(f"<p>Patient: <strong>{e(patient_name)}</strong></p>")
     parts.append(f"<p>Procedure: <strong>{e(names)}</strong></p>")
-    if levels and d.plan.body_sites is not None:
+    if sites and d.plan.body_sites is not None:
         label = d.plan.body_sites.label
-        parts.append(f"<p>{e(label)} to be treated: <strong>{e(', '.join(levels))}</strong></p>")
+        parts.append(f"<p>{e(label)} to be treated: <strong>{e(', '.join(sites))}</strong></p>")
     parts.append(f"<p>{e(d.plan.description.text)}</p>")
     parts.append(f"<h2>{e(consent.heading)}</h2>")
     parts.append('<ol class="risks">')
@@ -125,7 +145,7 @@ def build_consent(cfg: Config, d: Document) -> dict[str, Any]:
     return {
         "resourceType": "Consent",
         "id": consent.id,
-        "meta": meta(cfg, "treatment-consent"),
+        "meta": meta(cfg, consent_profile_id(d)),
         "text": consent_narrative(d, [t.id for t in consent.procedures]),
         "extension": disclosed_risks(cfg, d),
         "status": "draft",
@@ -143,4 +163,40 @@ def build_consent(cfg: Config, d: Document) -> dict[str, Any]:
             "type": "permit",
             "code": [concept([t.code] if t.code else [], t.title) for t in consent.procedures],
         },
+    }
+
+
+def consent_profile(cfg: Config, d: Document) -> dict[str, Any]:
+    """The differential of the plan's own Consent profile: a treatment consent whose provision
+    names the plan's procedures."""
+    pid = consent_profile_id(d)
+    elements: list[dict[str, Any]] = [{"id": "Consent", "path": "Consent"}]
+    vs = d.value_set("procedure")
+    if vs is not None:
+        elements.append(
+            {
+                "id": "Consent.provision.code",
+                "path": "Consent.provision.code",
+                "binding": {
+                    "strength": "extensible",
+                    "description": f"The procedures of the plan {d.plan.title}",
+                    "valueSet": cfg.url("ValueSet", vs.id),
+                },
+            }
+        )
+    return {
+        "resourceType": "StructureDefinition",
+        "id": pid,
+        "url": cfg.url("StructureDefinition", pid),
+        "name": d.plan.name + "Consent",
+        "title": f"{d.plan.title}: treatment consent",
+        "status": "draft",
+        "description": f"The patient's informed consent to a procedure of the plan {d.plan.title}.",
+        "fhirVersion": "4.0.1",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Consent",
+        "baseDefinition": cfg.url("StructureDefinition", "treatment-consent"),
+        "derivation": "constraint",
+        "differential": {"element": elements},
     }

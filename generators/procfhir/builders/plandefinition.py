@@ -5,17 +5,17 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from procfhir.builders import expressions as ex
 from procfhir.builders.common import (
     FHIRPATH,
     concept,
-    has_condition_expression,
     jurisdiction,
     meta,
     publisher_fields,
     source_ext,
 )
 from procfhir.config import Config
-from procfhir.model import Document, Goal, Limit, Step, Technique
+from procfhir.model import Advice, Code, Document, Goal, Limit, Step, Technique
 from procfhir.narrative import narrative
 
 PLAN_TYPE = {
@@ -27,6 +27,10 @@ PLAN_TYPE = {
         }
     ]
 }
+
+
+def _ext(cfg: Config, name: str) -> str:
+    return cfg.url("StructureDefinition", name)
 
 
 def _indication_condition(cfg: Config, d: Document) -> dict[str, Any]:
@@ -41,30 +45,42 @@ def _indication_condition(cfg: Config, d: Document) -> dict[str, Any]:
             "description": f"The patient has one of the indications: {names}.",
             "name": "HasIndication",
             "language": FHIRPATH,
-            "expression": has_condition_expression(all_codes),
+            "expression": ex.has_condition(all_codes),
         },
     }
 
 
-def site_limit_expressions(limit: Limit) -> tuple[str, str]:
-    """(refusal condition, preference warning condition) of a sites-per-session limit."""
-    assert limit.applies_to is not None and limit.maximum is not None
-    has = has_condition_expression(limit.applies_to.conditions)
-    allowed = f"{has}.not() or %levels.count() <= {limit.maximum}"
-    preferred = limit.preferred or limit.maximum
-    warn = f"{has} and %levels.count() > {preferred}"
-    return allowed, warn
+def _condition(description: str, name: str, expression: str) -> dict[str, Any]:
+    return {
+        "kind": "applicability",
+        "expression": {
+            "description": description,
+            "name": name,
+            "language": FHIRPATH,
+            "expression": expression,
+        },
+    }
+
+
+def _not_computable(cfg: Config, words: str) -> dict[str, Any]:
+    return {"url": _ext(cfg, "not-computable"), "valueString": words}
 
 
 def _step_action(cfg: Config, tech: Technique, step: Step) -> dict[str, Any]:
+    extension = source_ext(cfg, step.quotes)
+    p = step.applies_to
+    if p is not None and p.text_only is not None:
+        extension.append(_not_computable(cfg, p.text_only))
     action: dict[str, Any] = {
-        "extension": source_ext(cfg, step.quotes),
+        "extension": extension,
         "id": f"{tech.id}-{step.id}",
         "title": step.title,
         "description": step.text,
     }
     if step.codes:
         action["code"] = [concept(step.codes, step.title)]
+    if p is not None and p.computable:
+        action["condition"] = [_condition(step.wording, _camel(step.id), ex.patients(p))]
     if step.before is not None:
         action["relatedAction"] = [{"actionId": f"{tech.id}-{step.before}", "relationship": "before-start"}]
     if step.activity is not None:
@@ -75,20 +91,37 @@ def _step_action(cfg: Config, tech: Technique, step: Step) -> dict[str, Any]:
 def _technique_action(cfg: Config, d: Document, tech: Technique) -> dict[str, Any]:
     plan = d.plan
     goal_ids = [g.id for g in plan.goals if g.techniques is None or tech.id in g.techniques]
+    extension = source_ext(cfg, tech.quotes)
+    for mat in tech.materials:
+        extension.append(
+            {
+                "url": _ext(cfg, "uses-material"),
+                "extension": [
+                    {"url": "item", "valueCodeableConcept": concept([mat.code], mat.code.display)},
+                    {"url": "kind", "valueCode": mat.kind},
+                ],
+            }
+        )
+    quantities = [s.quantity_per_site for s in tech.steps if s.quantity_per_site is not None]
+    body = plan.body_sites
+    if quantities and body is not None:
+        q = quantities[0]
+        extension.append(
+            {"url": _ext(cfg, "quantity-per-site"), "valueQuantity": {"value": q.value, "unit": q.unit}}
+        )
     action: dict[str, Any] = {
-        "extension": source_ext(cfg, tech.quotes),
+        "extension": extension,
         "id": tech.id,
         "title": tech.title,
         "description": tech.text,
         "code": [concept([tech.code] if tech.code else [], tech.title)],
-        "goalId": goal_ids,
+        **({"goalId": goal_ids} if goal_ids else {}),
         "definitionCanonical": cfg.url("ActivityDefinition", tech.activity.id),
         "selectionBehavior": "all",
         "action": [_step_action(cfg, tech, s) for s in tech.steps],
     }
-    quantities = [s.quantity_per_site for s in tech.steps if s.quantity_per_site is not None]
-    if quantities and plan.body_sites is not None:
-        n, unit, each = quantities[0].value, quantities[0].unit, plan.body_sites.each
+    if quantities and body is not None:
+        n, unit, each = quantities[0].value, quantities[0].unit, body.each
         action["dynamicValue"] = [
             {
                 "path": "orderDetail.text",
@@ -96,7 +129,7 @@ def _technique_action(cfg: Config, d: Document, tech: Technique) -> dict[str, An
                     "description": f"{n} {unit} per {each}",
                     "language": FHIRPATH,
                     "expression": (
-                        f"'{n} {unit} per {each}: ' + (%levels.count() * {n}).toString() + ' {unit} in all'"
+                        f"'{n} {unit} per {each}: ' + (%sites.count() * {n}).toString() + ' {unit} in all'"
                     ),
                 },
             }
@@ -104,23 +137,66 @@ def _technique_action(cfg: Config, d: Document, tech: Technique) -> dict[str, An
     return action
 
 
-def _limit_condition(cfg: Config, limit: Limit) -> dict[str, Any]:
-    allowed, _ = site_limit_expressions(limit)
+def _procedure_codes(d: Document) -> list[Code]:
+    vs = d.value_set("procedure")
+    if vs is not None:
+        return list(vs.codes)
+    out: list[Code] = []
+    for t in d.plan.techniques:
+        out += [c for c in t.activity.codes if c not in out]
+    return out
+
+
+def _limit_ext(cfg: Config, limit: Limit) -> dict[str, Any]:
+    sub: list[dict[str, Any]] = [{"url": "type", "valueCode": limit.type}]
+    if limit.maximum is not None:
+        sub.append({"url": "maximum", "valueInteger": limit.maximum})
+    if limit.period is not None:
+        unit = limit.period.unit
+        sub.append(
+            {
+                "url": "period",
+                "valueDuration": {
+                    "value": limit.period.value,
+                    "unit": unit + ("s" if limit.period.value != 1 else ""),
+                    "system": "http://unitsofmeasure.org",
+                    "code": ex.UCUM_UNITS[unit],
+                },
+            }
+        )
+    return {"url": _ext(cfg, "limit"), "extension": sub}
+
+
+def _computable(limit: Limit | Advice) -> bool:
+    return limit.applies_to is None or limit.applies_to.computable
+
+
+def _limit_condition(cfg: Config, d: Document, limit: Limit) -> dict[str, Any]:
+    cond = _condition(limit.wording, _camel(limit.id), ex.limit_allowed(limit, _procedure_codes(d)))
+    return {"extension": source_ext(cfg, limit.quotes) + [_limit_ext(cfg, limit)], **cond}
+
+
+def _text_only_action(cfg: Config, entry: Limit | Advice, priority: str) -> dict[str, Any]:
+    """A rule no expression can test: shown to the clinician for every patient, marked so."""
+    assert entry.applies_to is not None and entry.applies_to.text_only is not None
+    extension = source_ext(cfg, entry.quotes) + [_not_computable(cfg, entry.applies_to.text_only)]
+    if isinstance(entry, Limit):
+        extension.append(_limit_ext(cfg, entry))
     return {
-        "extension": source_ext(cfg, limit.quotes),
-        "kind": "applicability",
-        "expression": {
-            "description": limit.text,
-            "name": _camel(limit.id),
-            "language": FHIRPATH,
-            "expression": allowed,
-        },
+        "extension": extension,
+        "id": entry.id,
+        "title": entry.title,
+        "description": entry.text,
+        "textEquivalent": entry.wording,
+        "priority": priority,
     }
 
 
-def _limit_warning_action(cfg: Config, limit: Limit) -> dict[str, Any]:
-    _, warn = site_limit_expressions(limit)
-    warning = limit.warning or limit.text
+def _limit_warning_action(cfg: Config, limit: Limit) -> dict[str, Any] | None:
+    warn = ex.limit_preference(limit)
+    if warn is None:
+        return None
+    warning = limit.warning or limit.wording
     return {
         "extension": source_ext(cfg, limit.quotes),
         "id": f"{limit.id}-preference",
@@ -128,18 +204,57 @@ def _limit_warning_action(cfg: Config, limit: Limit) -> dict[str, Any]:
         "description": limit.text,
         "textEquivalent": warning,
         "priority": "urgent",
-        "condition": [
-            {
-                "kind": "applicability",
-                "expression": {
-                    "description": warning,
-                    "name": _camel(limit.id) + "Preference",
-                    "language": FHIRPATH,
-                    "expression": warn,
-                },
-            }
-        ],
+        "condition": [_condition(warning, _camel(limit.id) + "Preference", warn)],
     }
+
+
+def _advice_action(cfg: Config, advice: Advice) -> dict[str, Any]:
+    if not _computable(advice):
+        return _text_only_action(cfg, advice, "routine")
+    return {
+        "extension": source_ext(cfg, advice.quotes),
+        "id": advice.id,
+        "title": advice.title,
+        "description": advice.text,
+        "textEquivalent": advice.wording,
+        "priority": "routine",
+        "condition": [_condition(advice.wording, _camel(advice.id), ex.patients(advice.applies_to))],
+    }
+
+
+_ROLES = ("indication", "procedure", "complication", "body-site", "material")
+
+
+def _plan_extensions(cfg: Config, d: Document) -> list[dict[str, Any]]:
+    out = []
+    for role in _ROLES:
+        vs = d.value_set(role)
+        if vs is None:
+            continue
+        sub: list[dict[str, Any]] = [
+            {"url": "role", "valueCode": role},
+            {"url": "valueSet", "valueCanonical": cfg.url("ValueSet", vs.id)},
+        ]
+        body = d.plan.body_sites
+        if role == "body-site" and body is not None:
+            sub += [
+                {"url": "label", "valueString": body.label},
+                {"url": "each", "valueString": body.each},
+                {"url": "required", "valueBoolean": body.required},
+            ]
+        out.append({"url": _ext(cfg, "plan-value-set"), "extension": sub})
+    out.append({"url": _ext(cfg, "procedure-profile"), "valueCanonical": _ext(cfg, procedure_profile_id(d))})
+    return out
+
+
+def procedure_profile_id(d: Document) -> str:
+    """The id of the plan's own Procedure profile."""
+    return f"{d.plan.id}-procedure"
+
+
+def consent_profile_id(d: Document) -> str:
+    """The id of the plan's own Consent profile."""
+    return f"{d.plan.id}-consent"
 
 
 def _camel(ident: str) -> str:
@@ -177,25 +292,34 @@ def source_artifact(cfg: Config, d: Document) -> dict[str, Any]:
 
 def build_plan(cfg: Config, d: Document) -> dict[str, Any]:
     plan = d.plan
-    limits = plan.limits
+    computable = [lim for lim in plan.limits if _computable(lim)]
     choice = plan.choice
     group: dict[str, Any] = {
-        "extension": source_ext(cfg, choice.quotes if choice else ()),
+        "extension": source_ext(cfg, choice.quotes if choice else plan.description.quotes),
         "id": choice.id if choice else "procedure",
         "title": choice.title if choice else plan.title,
         "description": choice.text if choice else plan.description.text,
         "goalId": [g.id for g in plan.goals],
-        "condition": [_indication_condition(cfg, d)] + [_limit_condition(cfg, lim) for lim in limits],
+        "condition": [_indication_condition(cfg, d)] + [_limit_condition(cfg, d, lim) for lim in computable],
         "groupingBehavior": "logical-group",
-        "selectionBehavior": "exactly-one",
+        "selectionBehavior": "exactly-one" if len(plan.techniques) > 1 else "all",
         "action": [_technique_action(cfg, d, t) for t in plan.techniques],
     }
-    actions = [group] + [_limit_warning_action(cfg, lim) for lim in limits]
+    if not group["goalId"]:
+        del group["goalId"]
+    actions = [group]
+    for lim in plan.limits:
+        if not _computable(lim):
+            actions.append(_text_only_action(cfg, lim, "urgent"))
+        elif (warning := _limit_warning_action(cfg, lim)) is not None:
+            actions.append(warning)
+    actions += [_advice_action(cfg, a) for a in plan.advice]
     res: dict[str, Any] = {
         "resourceType": "PlanDefinition",
         "id": plan.id,
         "meta": meta(cfg, "clinical-protocol"),
         "text": _plan_narrative(d, actions),
+        "extension": _plan_extensions(cfg, d),
         "url": cfg.url("PlanDefinition", plan.id),
         "version": cfg.version,
         "name": plan.name,
@@ -211,7 +335,8 @@ def build_plan(cfg: Config, d: Document) -> dict[str, Any]:
         res["usage"] = plan.setting.text
         res["_usage"] = {"extension": source_ext(cfg, plan.setting.quotes)}
     res["relatedArtifact"] = [source_artifact(cfg, d)]
-    res["goal"] = [_goal(cfg, g) for g in plan.goals]
+    if plan.goals:
+        res["goal"] = [_goal(cfg, g) for g in plan.goals]
     res["action"] = actions
     res["_description"] = {"extension": source_ext(cfg, plan.description.quotes)}
     return res
@@ -253,6 +378,18 @@ def build_activities(cfg: Config, d: Document) -> list[dict[str, Any]]:
     out = []
     for act in d.activities:
         cc = concept(act.codes, act.title)
+        by_site = {sc.code: sc for sc in act.codes_by_site}
+        for coding, code in zip(cc.get("coding", []), act.codes, strict=True):
+            sc = by_site.get(code)
+            if sc is None:
+                continue
+            sub: list[dict[str, Any]] = [{"url": "site", "valueCoding": s.coding()} for s in sc.sites]
+            if sc.additional:
+                sub.append({"url": "additional", "valueBoolean": True})
+            ext = {"url": _ext(cfg, "code-for-sites"), "extension": sub}
+            coding_with = {"extension": [ext], **coding}
+            coding.clear()
+            coding.update(coding_with)
         out.append(
             {
                 "resourceType": "ActivityDefinition",
