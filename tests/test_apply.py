@@ -365,14 +365,15 @@ def test_complete_procedure_meets_us_core(va, validator):
 
     planned = va.apply(context()).procedure
     done = complete_procedure(
-        planned, "2026-12-01T10:30:00+01:00", "PMMA bone cement, 4 mL", ["cement-leakage", "59282003"],
-        plan=va.plan,
+        planned, "2026-12-01T10:30:00+01:00", ["PMMA bone cement, 4 mL", "kyphoplasty-balloon"],
+        ["cement-leakage", "59282003"], plan=va.plan,
     )  # fmt: skip
     assert planned["status"] == "preparation"  # not modified
     assert done["status"] == "completed" and done["performedDateTime"] == "2026-12-01T10:30:00+01:00"
-    # the words are coded as the technique's one material (uses-material), nothing built in
-    assert done["usedCode"][0]["coding"] == va.plan.materials["kyphoplasty"][0]["coding"]
-    assert done["usedCode"][0]["text"] == "PMMA bone cement, 4 mL"
+    # kyphoplasty uses two materials (uses-material: bone cement, the balloon device): words stay
+    # words, a code of them is coded as the plan has it; nothing built in
+    assert done["usedCode"][0] == {"text": "PMMA bone cement, 4 mL"}
+    assert done["usedCode"][1] == va.plan.materials["kyphoplasty"][1]
     assert [c["coding"][0]["code"] for c in done["complication"]] == ["cement-leakage", "59282003"]
     # US Core Procedure: status, code, subject required; us-core-7 performed when completed
     for element in ("status", "code", "subject"):

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from procfhir.model import Code, Limit, Patients
 
-# FHIRPath calendar duration keywords (plural; ``1 months`` is valid FHIRPath)
+# FHIRPath calendar duration keywords (singular for 1, as the texts say "1 year", "6 months")
 _UNITS = {"day": "days", "week": "weeks", "month": "months", "year": "years"}
 # UCUM codes of the same units, for valueDuration
 UCUM_UNITS = {"day": "d", "week": "wk", "month": "mo", "year": "a"}
@@ -49,10 +49,12 @@ def has_condition(codes: Iterable[Code]) -> str:
 
 
 def takes_medication(codes: Iterable[Code]) -> str:
-    """The patient takes (or is about to take, or has paused) one of the medications."""
+    """The patient takes (or is about to take, or has paused) one of the medications. The choice
+    element is named by its FHIRPath name ``medication``, the form tests/test_apply_hapi.py runs
+    in HAPI's ``$apply``."""
     return (
         "%medications.where(status = 'active' or status = 'intended' or status = 'on-hold')"
-        ".medicationCodeableConcept.coding.where(" + coding_expression(codes) + ").exists()"
+        ".medication.coding.where(" + coding_expression(codes) + ").exists()"
     )
 
 
@@ -78,7 +80,7 @@ def prior_treatments(codes: Iterable[Code]) -> str:
 
 
 def period_quantity(value: int, unit: str) -> str:
-    return f"{value} {_UNITS[unit]}"
+    return f"{value} {unit if value == 1 else _UNITS[unit]}"
 
 
 def limit_allowed(limit: Limit, procedure_codes: Iterable[Code]) -> str:
