@@ -93,7 +93,7 @@ def _med(code: str, status: str = "active") -> dict[str, Any]:
     return {
         "resourceType": "MedicationStatement",
         "status": status,
-        "medicationCodeableConcept": {"coding": [{"system": "http://www.whocc.no/atc", "code": code}]},
+        "medicationCodeableConcept": {"coding": [{"system": f"{BASE}/CodeSystem/local", "code": code}]},
     }
 
 
@@ -115,10 +115,10 @@ def test_conditional_step_applies_exactly_to_the_patients_it_concerns(alone: Bui
         "If you take blood thinners, they will be stopped before the injection."
     )
     expr = cond["expression"]["expression"]
-    assert _eval(expr, medications=[_med("B01AA03")])
-    assert _eval(expr, medications=[_med("B01AF02", "on-hold")])
-    assert not _eval(expr, medications=[_med("B01AA03", "stopped")])
-    assert not _eval(expr, medications=[_med("N02BE01")])
+    assert _eval(expr, medications=[_med("warfarin")])
+    assert _eval(expr, medications=[_med("apixaban", "on-hold")])
+    assert not _eval(expr, medications=[_med("warfarin", "stopped")])
+    assert not _eval(expr, medications=[_med("paracetamol")])
     assert not _eval(expr)
     # the rule no expression can test: no condition, marked, words kept
     scan = steps["joint-injection-scan"]
@@ -173,4 +173,4 @@ def test_advice_and_risk_modifier_concern_their_patients(alone: BuildResult) -> 
     modifier = {e["url"]: e for e in subs["modifier"]["extension"]}
     assert modifier["effect"]["valueCode"] == "higher"
     patients = modifier["patients"]["valueExpression"]["expression"]
-    assert _eval(patients, medications=[_med("B01AA03")]) and not _eval(patients)
+    assert _eval(patients, medications=[_med("warfarin")]) and not _eval(patients)
