@@ -44,6 +44,25 @@ def hapi_server() -> Iterator[HapiServer]:
 
 
 @pytest.fixture(scope="session")
+def hapi_pg_server() -> Iterator[HapiServer]:
+    """A second HAPI FHIR server, on PostgreSQL (a private cluster in a temporary folder, on
+    127.0.0.1, started and removed with the session): for the suites that run on both databases."""
+    server = HapiServer(free_port(), database="postgresql")
+    try:
+        server.start(timeout=START_TIMEOUT)
+    except HapiUnavailable as exc:
+        if IN_CI:
+            pytest.fail(f"CI=true but HAPI FHIR on PostgreSQL cannot start: {exc}", pytrace=False)
+        pytest.skip(f"HAPI FHIR on PostgreSQL skipped: {exc}")
+    except HapiError as exc:
+        pytest.fail(f"HAPI FHIR on PostgreSQL did not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def hapi_base_url(hapi_server: HapiServer) -> str:
     """``http://127.0.0.1:PORT/fhir`` of the session's real HAPI FHIR R4 server."""
     return hapi_server.base_url

@@ -20,6 +20,15 @@ from procfhir.upload.compare import differences
 from tests.cliutil import ROOT, run_upload_cli
 
 pytestmark = pytest.mark.hapi
+
+
+@pytest.fixture(scope="module", params=["h2", "postgresql"])
+def hapi_base_url(request: pytest.FixtureRequest) -> str:
+    """The suite runs on HAPI with H2 and again with PostgreSQL (the database hospitals use)."""
+    name = "hapi_server" if request.param == "h2" else "hapi_pg_server"
+    return str(request.getfixturevalue(name).base_url)
+
+
 CANONICAL = "https://fhir.example.org/procedures"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -21,6 +22,15 @@ from tests.faultproxy import FaultProxy
 from tests.smartserver import TokenServer, keypair
 
 pytestmark = pytest.mark.hapi
+
+
+@pytest.fixture(scope="module", params=["h2", "postgresql"])
+def hapi_base_url(request: pytest.FixtureRequest) -> str:
+    """The suite runs on HAPI with H2 and again with PostgreSQL (the database hospitals use)."""
+    name = "hapi_server" if request.param == "h2" else "hapi_pg_server"
+    return str(request.getfixturevalue(name).base_url)
+
+
 ROOT = Path(__file__).resolve().parent.parent
 FAST = dict(base_delay=0.05, max_delay=0.5)
 
@@ -284,6 +294,62 @@ def test_random_faults_then_rerun_leaves_exactly_the_package(
             assert history(hapi_base_url, f"{r['resourceType']}/{held[0]['id']}") == 1
         else:
             assert_server_holds_exactly(hapi_base_url, [r])
+
+
+# Counts of the fault soak per database, printed by test_fault_soak (for the issue notes).
+SOAK_ROUNDS = int(os.environ.get("PROCFHIR_FAULT_ROUNDS", "8"))
+
+
+def test_fault_soak(hapi_base_url: str, request: pytest.FixtureRequest) -> None:
+    """Rounds of random faults (drops before and after the server committed, 429/503 with
+    Retry-After, gateway errors, truncated and delayed answers) over every mode, plain and
+    conditional, each upload rerun until it succeeds; then the server must hold exactly the
+    package: nothing lost, nothing duplicated, no extra version. PROCFHIR_FAULT_ROUNDS sets the
+    number of rounds (default 8)."""
+    import random
+
+    db = (
+        "PostgreSQL" if "pg" in request.node.callspec.id or "postgresql" in request.node.callspec.id else "H2"
+    )
+    runs = faults = requests_seen = lost = duplicated = extra_versions = resources = 0
+    rng = random.Random(20261130)
+    for round_no in range(SOAK_ROUNDS):
+        mode = ("transaction", "batch", "put")[round_no % 3]
+        conditional = mode != "put" and round_no % 2 == 1
+        tag = f"s{uuid.uuid4().hex[:8]}"
+        res = make_package(tag, n_procedures=rng.randint(4, 30))
+        resources += len(res)
+        with FaultProxy(hapi_base_url.rsplit("/fhir", 1)[0]) as proxy:
+            proxy.chaos(rate=0.3, seed=rng.randint(0, 10**6))
+            up = Uploader(proxy.url + "/fhir", retry=RetryPolicy(max_attempts=4, **FAST))
+            for _ in range(10):
+                runs += 1
+                report = up.upload(res, mode=mode, batch_size=5, conditional=conditional)
+                if report.ok:
+                    break
+            assert report.ok, report.summary_table()
+            faults += sum(1 for x in proxy.log if x.fault)
+            requests_seen += len(proxy.log)
+        for r in res:
+            if conditional and "url" in r:
+                copies = search_url(hapi_base_url, r["resourceType"], r["url"])
+                lost += not copies
+                duplicated += max(0, len(copies) - 1)
+                if copies:
+                    extra_versions += history(hapi_base_url, f"{r['resourceType']}/{copies[0]['id']}") - 1
+                    assert differences(r, copies[0], ignore_id=True) == [], key(r)
+            else:
+                held = read(hapi_base_url, key(r))
+                lost += held is None
+                if held is not None:
+                    extra_versions += history(hapi_base_url, key(r)) - 1
+                    assert differences(r, held) == [], key(r)
+    print(
+        f"\nfault soak on HAPI/{db}: {SOAK_ROUNDS} packages ({resources} resources), {runs} upload runs, "
+        f"{faults} faults over {requests_seen} requests; lost {lost}, duplicated {duplicated}, "
+        f"extra versions {extra_versions}"
+    )
+    assert (lost, duplicated, extra_versions) == (0, 0, 0)
 
 
 def test_cli_dry_run_outcomes_and_no_secret(hapi_base_url: str, tmp_path: Path) -> None:

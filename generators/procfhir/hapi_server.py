@@ -10,6 +10,12 @@ starts that jar on 127.0.0.1, waits for ``GET /fhir/metadata``, measures the sta
     server.startup_seconds, server.rss_kib()
     server.stop()
 
+The database is one option: ``HapiServer(port, database="postgresql")`` starts a private
+PostgreSQL (:class:`LocalPostgres`: Debian's package, a data folder in a temporary directory,
+127.0.0.1 only, run as the ``postgres`` user when we are root) and the server on it, and stops
+both; ``database="h2"`` (the default) keeps the in-memory H2 database; ``jdbc_url`` names any
+other database (``jdbc:h2:file:...`` or ``jdbc:postgresql://...``).
+
 What the server offers (see ``hapi/src``): transactions and batches, conditional update, search by
 ``url`` and ``version``, history, ``$validate`` (core definitions + the StructureDefinitions,
 ValueSets and CodeSystems stored on the server), ``POST /fhir/$install-package`` (body: the
@@ -41,6 +47,7 @@ JAR_NAME = "procfhir-hapi-server.jar"
 DEFAULT_PORT = 8090
 DEFAULT_JAVA_OPTS = "-Xmx3g"
 MIN_JAVA = 17
+DATABASES = ("h2", "postgresql")
 
 
 class HapiError(RuntimeError):
@@ -202,10 +209,15 @@ class HapiServer:
         port: int = DEFAULT_PORT,
         java_opts: str | None = None,
         jdbc_url: str | None = None,
+        database: str = "h2",
     ) -> None:
+        if database not in DATABASES:
+            raise HapiError(f"unknown database {database!r}: choose {' or '.join(DATABASES)}")
         self.port = port
         self.java_opts = java_opts or os.environ.get("HAPI_JAVA_OPTS", DEFAULT_JAVA_OPTS)
         self.jdbc_url = jdbc_url
+        self.database = database
+        self.postgres: LocalPostgres | None = None
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -263,6 +275,9 @@ class HapiServer:
         if _port_in_use(self.port):
             raise HapiError(f"port {self.port} on 127.0.0.1 is already in use by another program")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.database == "postgresql" and not self.jdbc_url:
+            self.postgres = LocalPostgres().start()
+            self.jdbc_url = self.postgres.jdbc_url
         cmd = [toolchain.java, *self.java_opts.split(), "-jar", str(jar)]
         cmd += [f"--server.port={self.port}", "--server.address=127.0.0.1"]
         if self.jdbc_url:
@@ -286,6 +301,7 @@ class HapiServer:
             if self._proc.poll() is not None:
                 code = self._proc.returncode
                 self._forget()
+                self._stop_postgres()
                 raise HapiError(
                     f"HAPI FHIR exited during startup (exit {code}); last lines of {self.log_file}:\n"
                     + self.log_tail()
@@ -304,6 +320,7 @@ class HapiServer:
         pid = self.pid
         if pid is None:
             self._forget()
+            self._stop_postgres()
             return False
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -320,7 +337,14 @@ class HapiServer:
             if self._proc is not None:
                 self._proc.wait(timeout=10)
         self._forget()
+        self._stop_postgres()
         return True
+
+    def _stop_postgres(self) -> None:
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.jdbc_url = None
+            self.postgres = None
 
     def _forget(self) -> None:
         self._proc = None
@@ -332,3 +356,111 @@ class HapiServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def find_postgres_bin() -> Path:
+    """The folder of PostgreSQL's server programs (initdb, pg_ctl): on PATH, or Debian's
+    ``/usr/lib/postgresql/<version>/bin`` (newest). :class:`HapiUnavailable` when not installed."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(found).resolve().parent
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if not candidates:
+        raise HapiUnavailable(
+            "PostgreSQL is not installed (no initdb): `.ci/setup --tests` installs Debian's postgresql"
+        )
+    return candidates[-1].parent
+
+
+class LocalPostgres:
+    """A private PostgreSQL for tests: a new cluster in a temporary folder, listening on
+    127.0.0.1:``port`` only (its socket in that folder), database ``hapi`` of user ``hapi``
+    (trust authentication, reachable from loopback only), removed entirely by :meth:`stop`.
+
+    PostgreSQL refuses to run as root; as root the cluster belongs to, and runs as, the
+    ``postgres`` user (``runuser``), whose account Debian's package creates."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.bin = find_postgres_bin()
+        self.folder: Path | None = None
+        self.as_user: str | None = None
+
+    @property
+    def jdbc_url(self) -> str:
+        return f"jdbc:postgresql://127.0.0.1:{self.port}/hapi?user=hapi"
+
+    def _run(self, *args: str | Path, timeout: float = 120) -> None:
+        cmd = [str(a) for a in args]
+        what = " ".join(cmd[:2])
+        if self.as_user:
+            cmd = ["runuser", "-u", self.as_user, "--", *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        if proc.returncode != 0:
+            raise HapiError(f"PostgreSQL: {what} failed: {(proc.stderr or proc.stdout)[-2000:]}")
+
+    def start(self) -> LocalPostgres:
+        import tempfile
+
+        self.folder = Path(tempfile.mkdtemp(prefix="procfhir-pg-"))
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                raise HapiUnavailable(
+                    "running as root and there is no 'postgres' user to run PostgreSQL"
+                ) from None
+            os.chown(self.folder, user.pw_uid, user.pw_gid)
+            self.as_user = "postgres"
+        data, log = self.folder / "data", self.folder / "server.log"
+        try:
+            self._run(
+                self.bin / "initdb",
+                "-D",
+                str(data),
+                "-U",
+                "hapi",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
+            options = (
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
+            )
+            self._run(self.bin / "pg_ctl", "-D", str(data), "-o", options, "-l", str(log), "-w", "start")
+            self._run(
+                self.bin / "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "hapi",
+                "-d",
+                "postgres",
+                "-q",
+                "-c",
+                "CREATE DATABASE hapi",
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.folder is None:
+            return
+        data = self.folder / "data"
+        if (data / "postmaster.pid").exists():
+            with contextlib.suppress(HapiError, subprocess.TimeoutExpired):
+                self._run(self.bin / "pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop", timeout=60)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder = None

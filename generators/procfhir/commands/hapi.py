@@ -26,11 +26,19 @@ def command() -> None:
     help="Seconds to wait for GET /fhir/metadata to answer 200.",
 )
 @click.option("--java-opts", default=None, help="JVM options (default: $HAPI_JAVA_OPTS or -Xmx3g).")
-def start(port: int, timeout: float, java_opts: str | None) -> None:
+@click.option(
+    "--jdbc-url",
+    default=None,
+    help="The database: default a fresh in-memory H2; e.g. jdbc:postgresql://127.0.0.1:5432/hapi?user=hapi "
+    "runs the server on PostgreSQL, jdbc:h2:file:/path/db keeps H2 data across restarts.",
+)
+def start(port: int, timeout: float, java_opts: str | None, jdbc_url: str | None) -> None:
     """Start the server in the background (building it first if needed) and wait until it answers."""
     from procfhir.hapi_server import HapiError, HapiServer
 
-    server = HapiServer(port, java_opts=java_opts)
+    if jdbc_url is not None and not jdbc_url.startswith(("jdbc:h2:", "jdbc:postgresql:")):
+        raise click.BadParameter("a jdbc:h2: or jdbc:postgresql: URL", param_hint="--jdbc-url")
+    server = HapiServer(port, java_opts=java_opts, jdbc_url=jdbc_url)
     if server.is_running():
         click.echo(f"HAPI FHIR already running: {server.base_url} (pid {server.pid})")
         return

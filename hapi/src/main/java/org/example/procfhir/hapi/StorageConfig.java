@@ -7,6 +7,7 @@ import ca.uhn.fhir.jpa.config.util.HapiEntityManagerFactoryUtil;
 import ca.uhn.fhir.jpa.model.config.PartitionSettings;
 import ca.uhn.fhir.jpa.model.config.SubscriptionSettings;
 import ca.uhn.fhir.jpa.model.dialect.HapiFhirH2Dialect;
+import ca.uhn.fhir.jpa.model.dialect.HapiFhirPostgresDialect;
 import ca.uhn.fhir.jpa.subscription.match.deliver.email.IEmailSender;
 import ca.uhn.fhir.jpa.util.LoggingEmailSender;
 import com.zaxxer.hikari.HikariConfig;
@@ -22,16 +23,31 @@ import org.springframework.context.annotation.Primary;
 import org.springframework.orm.jpa.JpaTransactionManager;
 import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
 
-/** Storage: H2 database, Hibernate, and the JPA server's settings. */
+/**
+ * Storage: the database (H2 or PostgreSQL, chosen by the one option {@code procfhir.jdbc-url}),
+ * Hibernate, and the JPA server's settings.
+ */
 @Configuration
 public class StorageConfig {
 
 	/**
-	 * The JDBC URL. Default: a private in-memory database (fresh on every start). A file
-	 * database, e.g. {@code jdbc:h2:file:./run/hapi-8090}, keeps data across restarts.
+	 * The JDBC URL. Default: a private in-memory H2 database (fresh on every start). A file
+	 * database, e.g. {@code jdbc:h2:file:./run/hapi-8090}, keeps data across restarts. A
+	 * PostgreSQL URL, e.g. {@code jdbc:postgresql://127.0.0.1:5432/hapi?user=hapi}, runs the server
+	 * on PostgreSQL (user and password in the URL, or in procfhir.jdbc-user / procfhir.jdbc-password).
 	 */
 	@Value("${procfhir.jdbc-url:jdbc:h2:mem:procfhir;DB_CLOSE_DELAY=-1}")
 	private String myJdbcUrl;
+
+	@Value("${procfhir.jdbc-user:}")
+	private String myJdbcUser;
+
+	@Value("${procfhir.jdbc-password:}")
+	private String myJdbcPassword;
+
+	private boolean isPostgres() {
+		return myJdbcUrl.startsWith("jdbc:postgresql:");
+	}
 
 	@Bean
 	public JpaStorageSettings storageSettings() {
@@ -73,12 +89,21 @@ public class StorageConfig {
 	@Bean(destroyMethod = "close")
 	public DataSource dataSource() {
 		HikariConfig config = new HikariConfig();
-		config.setDriverClassName("org.h2.Driver");
 		config.setJdbcUrl(myJdbcUrl);
-		config.setUsername("sa");
-		config.setPassword("");
+		if (isPostgres()) {
+			config.setDriverClassName("org.postgresql.Driver");
+			if (!myJdbcUser.isEmpty()) {
+				config.setUsername(myJdbcUser);
+				config.setPassword(myJdbcPassword);
+			}
+			config.setPoolName("procfhir-postgresql");
+		} else {
+			config.setDriverClassName("org.h2.Driver");
+			config.setUsername("sa");
+			config.setPassword("");
+			config.setPoolName("procfhir-h2");
+		}
 		config.setMaximumPoolSize(20);
-		config.setPoolName("procfhir-h2");
 		return new HikariDataSource(config);
 	}
 
@@ -94,7 +119,9 @@ public class StorageConfig {
 		factory.setPersistenceUnitName("HAPI_PU");
 		factory.setDataSource(theDataSource);
 		Properties properties = new Properties();
-		properties.put("hibernate.dialect", HapiFhirH2Dialect.class.getName());
+		properties.put(
+				"hibernate.dialect",
+				isPostgres() ? HapiFhirPostgresDialect.class.getName() : HapiFhirH2Dialect.class.getName());
 		properties.put("hibernate.hbm2ddl.auto", "update");
 		properties.put("hibernate.format_sql", "false");
 		properties.put("hibernate.show_sql", "false");
