@@ -125,6 +125,9 @@ def test_conditional_step_applies_exactly_to_the_patients_it_concerns(alone: Bui
     assert "condition" not in scan
     (marker,) = _ext(scan, "not-computable")
     assert marker["valueString"] == "patients who may have an infection of the joint"
+    # and the review page shows it to the reviewer
+    page = alone.files["review.html"].decode()
+    assert 'data-kind="not-computable"' in page and "patients who may have an infection of the joint" in page
 
 
 def test_limits_refuse_exactly_outside_them(alone: BuildResult) -> None:

@@ -643,7 +643,7 @@ def check_shared_codes(documents: list[Document]) -> None:
             other = first.setdefault(key, c)
             if other is c:
                 continue
-            fields = ("system", "code", "display", "definition", "source", "local")
+            fields = ("system", "code", "display", "definition", "local")  # not where it was confirmed
             differ = [f for f in fields if getattr(other, f) != getattr(c, f)]
             if differ:
                 problems.append(

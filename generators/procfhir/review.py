@@ -275,8 +275,8 @@ def _source_text(doc: dict[str, Any], doc_index: int, states: dict[str, Any] | N
     for body, k in zip(paragraphs, kinds, strict=True):
         if not body:
             continue
-        cls = "para heading" if k == {"heading"} else "para"
-        out.append(f'<p class="{cls}">{"".join(body).strip()}</p>')
+        para = "para heading" if k == {"heading"} else "para"
+        out.append(f'<p class="{para}">{"".join(body).strip()}</p>')
     return "".join(out)
 
 
@@ -424,6 +424,12 @@ def _action(a: dict[str, Any], prefix: str, titles: dict[str, str], refs: set[st
                 f"<code>{_e(expr['expression'])}</code></details>"
             )
         parts.append("</div>")
+    for ext in a.get("extension", []) or []:  # a rule no expression can test (docs/contract.md)
+        if str(ext.get("url", "")).endswith("/StructureDefinition/not-computable"):
+            parts.append(
+                '<div class="cond" data-kind="not-computable"><b>Not computable: the clinician decides</b>: '
+                f"{_e(ext.get('valueString', ''))}</div>"
+            )
     meta = []
     for rel in a.get("relatedAction", []) or []:
         target = str(rel.get("actionId", ""))
