@@ -165,19 +165,28 @@ def test_fixture_base_resources_are_valid(validator) -> None:
 
 
 def test_spec_examples_validate_against_core_without_false_errors(core_cache: Path) -> None:
+    """The spec's own PlanDefinition, ActivityDefinition, Consent and Procedure examples: the only
+    errors are real defects the HL7 validator reports too: two empty narratives, and relative
+    canonicals ('Library/x', TYPE_SPECIFIC_CHECKS_CANONICAL_ABSOLUTE in HAPI)."""
     from procfhir.validator import Validator
 
     examples = fhircache.examples_dir()
     v = Validator()
     found = set()
+    relative = 0
     count = 0
     for rtype in ("PlanDefinition", "ActivityDefinition", "Consent", "Procedure"):
         for path in sorted(examples.glob(f"{rtype}-*.json")):
             count += 1
             for i in _errors(v.validate(json.loads(path.read_text()))):
+                if i.message_id == "CANONICAL_NOT_ABSOLUTE":
+                    assert ":" not in i.message.split("'")[1]
+                    relative += 1
+                    continue
                 found.add((path.name, i.location, i.key or i.message))
     assert count >= 50
     assert found == SPEC_EXAMPLE_FINDINGS
+    assert relative >= 30
 
 
 def test_output_operation_outcome_is_valid_fhir(validator) -> None:

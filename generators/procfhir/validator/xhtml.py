@@ -193,6 +193,11 @@ def check_div(div: str, strict: bool = False) -> list[tuple[str, str]]:
                 out.append(
                     (f"style on <{local}> loads an external resource (our package's policy)", "policy")
                 )
+    anchors = {v for el in root.iter() for k, v in el.attrib.items() if k in ("id", "name")}
+    for el in root.iter(f"{{{XHTML_NS}}}a"):
+        href = el.attrib.get("href", "")
+        if href.startswith("#") and len(href) > 1 and href[1:] not in anchors:
+            out.append((f"hyperlink {href!r} names no element (id or name) of the narrative", "link"))
     if not has_content:
         out.append(("the narrative has no non-whitespace content (txt-2)", "invariant"))
     return out
