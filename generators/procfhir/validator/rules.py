@@ -391,9 +391,9 @@ def _coding(v: Validator, coding: dict[str, Any], loc: str, ctx: Ctx) -> None:
     system, code = coding.get("system"), coding.get("code")
     if not isinstance(system, str):
         return
-    if ":" not in system:
+    if ":" not in system:  # the reference warns (a local system may be meant)
         msg = f"coding system {system!r} is not an absolute URI"
-        ctx.add("error", f"{loc}.system", msg, "code-invalid", mid=M.CODING_SYSTEM_INVALID)
+        ctx.add("warning", f"{loc}.system", msg, "code-invalid", mid=M.CODING_SYSTEM_INVALID)
         return
     if not isinstance(code, str):
         return
@@ -682,6 +682,9 @@ def bundle(v: Validator, res: dict[str, Any], loc: str, ctx: Ctx, contained: boo
         fu = e.get("fullUrl")
         rtype = r.get("resourceType") if isinstance(r, dict) else None
         rid = r.get("id") if isinstance(r, dict) else None
+        if fu is None and isinstance(r, dict) and btype not in ("transaction", "batch"):
+            msg = "except in transactions and batches, an entry needs a fullUrl (the resource's identity)"
+            ctx.add("error", eloc, msg, "required", mid=M.BUNDLE_FULLURL_MISSING)
         if isinstance(fu, str):
             if not _ABSOLUTE.match(fu):
                 msg = f"fullUrl {fu!r} is not an absolute URL"
