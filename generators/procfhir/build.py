@@ -190,7 +190,8 @@ def build(
     extra["review.html"] = render_review(result, validated=validate).encode()
     result.files = package_files(cfg, resources, extra)
     if write:
-        target = Path(out_dir) if out_dir is not None else DEFAULT_OUT
+        # Default: fhir/ beside the configuration (the project's fhir/ for its package.yaml).
+        target = Path(out_dir) if out_dir is not None else cfg.path.resolve().parent / DEFAULT_OUT.name
         write_output(target, result.files)
         result.out_dir = target
         if log:

@@ -17,7 +17,7 @@ from procfhir.commands.options import config_option
     "out_dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Output folder (default: fhir/ of the project).",
+    help="Output folder (default: fhir/ beside the configuration file).",
 )
 @click.option("--no-validate", is_flag=True, help="Skip the offline validation of the output.")
 def command(config: Path | None, out_dir: Path | None, no_validate: bool) -> None:
