@@ -80,10 +80,43 @@ def _applier() -> Any:
     return _APPLIER
 
 
-def _init_worker(args: tuple[Any, ...]) -> None:
-    global _APPLIER_ARGS, _APPLIER
-    _APPLIER_ARGS = args
-    _APPLIER = None
+_TURN: Any = None  # (Condition, next chunk to write, abort flag), shared with the workers
+_FOLDER: Path | None = None
+_FILES: dict[str, IO[bytes]] = {}
+
+
+def _init_worker(args: tuple[Any, ...], turn: Any, folder: Path) -> None:
+    global _APPLIER_ARGS, _APPLIER, _TURN, _FOLDER
+    if args != _APPLIER_ARGS:  # forked from the parent: its loaded plan is reused
+        _APPLIER_ARGS, _APPLIER = args, None
+    _TURN, _FOLDER = turn, folder
+    _FILES.clear()
+
+
+def apply_and_write(index: int, lines: list[tuple[int, bytes]]) -> Chunk:
+    """In a worker: apply a chunk, then, when the chunks before it are written, append its lines
+    to the output files (in input order, without sending them through the parent); give back the
+    counts only."""
+    result = apply_lines(lines)
+    cond, next_index, abort = _TURN
+    assert _FOLDER is not None
+    with cond:
+        while next_index.value != index:
+            if abort.value:
+                raise ApplyError("batch", "stopped: another chunk failed")
+            cond.wait(0.5)
+        try:
+            for rtype, (data, _count) in result.packed.items():
+                f = _FILES.get(rtype)
+                if f is None:
+                    f = _FILES[rtype] = open(_FOLDER / f"{rtype}.ndjson", "ab")  # noqa: SIM115
+                f.write(data)
+                f.flush()
+        finally:
+            next_index.value += 1
+            cond.notify_all()
+    result.packed = {t: (b"", count) for t, (_, count) in result.packed.items()}
+    return result
 
 
 def parse_line(raw: bytes) -> Any:
@@ -185,10 +218,11 @@ class _Writer:
         rep.applied += chunk.contexts - chunk.failed
         rep.warnings += chunk.warnings
         for rtype, (data, count) in chunk.packed.items():
-            f = self.files.get(rtype)
-            if f is None:
-                f = self.files[rtype] = open(self.folder / f"{rtype}.ndjson", "wb")  # noqa: SIM115
-            f.write(data)
+            if data:  # (the workers of a parallel run write their own lines)
+                f = self.files.get(rtype)
+                if f is None:
+                    f = self.files[rtype] = open(self.folder / f"{rtype}.ndjson", "wb")  # noqa: SIM115
+                f.write(data)
             if rtype != "OperationOutcome":
                 rep.resources[rtype] = rep.resources.get(rtype, 0) + count
 
@@ -226,7 +260,7 @@ def apply_batch(
                     for chunk in _chunks(bounded_lines(src, MAX_LINE_BYTES), CHUNK):
                         writer.write(apply_lines(chunk))
                 else:
-                    _run_parallel(src, writer, workers, args)
+                    _run_parallel(src, writer, workers, args, tmp)
         finally:
             writer.close()
         (tmp / "summary.json").write_text(
@@ -235,15 +269,23 @@ def apply_batch(
     return writer.report
 
 
-def _run_parallel(src: IO[bytes], writer: _Writer, workers: int, args: tuple[Any, ...]) -> None:
+def _run_parallel(src: IO[bytes], writer: _Writer, workers: int, args: tuple[Any, ...], folder: Path) -> None:
     import multiprocessing
 
-    ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else None
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(args,)) as pool:
+    ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else multiprocessing.get_context()
+    turn = (ctx.Condition(), ctx.Value("q", 0), ctx.Value("b", 0))
+    initargs = (args, turn, folder)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool:
         pending: deque[Future[Any]] = deque()
-        for chunk in _chunks(bounded_lines(src, MAX_LINE_BYTES), CHUNK):
-            pending.append(pool.submit(apply_lines, chunk))
-            if len(pending) >= 2 * workers:  # bounded: memory stays flat
+        try:
+            for index, chunk in enumerate(_chunks(bounded_lines(src, MAX_LINE_BYTES), CHUNK)):
+                pending.append(pool.submit(apply_and_write, index, chunk))
+                if len(pending) >= 2 * workers:  # bounded: memory stays flat
+                    writer.write(pending.popleft().result())
+            while pending:
                 writer.write(pending.popleft().result())
-        while pending:
-            writer.write(pending.popleft().result())
+        except BaseException:
+            turn[2].value = 1  # the workers waiting for their turn stop
+            for f in pending:
+                f.cancel()
+            raise

@@ -33,6 +33,8 @@ from procfhir.apply.errors import ApplyError
 from procfhir.apply.knowledge import Site, SiteSet
 
 _ID = r"[A-Za-z0-9\-.]{1,64}"
+_ID_RE = re.compile(_ID)  # used with fullmatch: no trailing newline slips through "$"
+_REFERENCE_RE = {t: re.compile(rf"(\S*/)?{t}/{_ID}") for t in ("Patient", "Practitioner", "Organization")}
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
 FIELDS = (
@@ -47,6 +49,7 @@ FIELDS = (
     "performer",
     "organization",
 )
+_FIELDS = frozenset(FIELDS)
 MEDICATION_TYPES = ("MedicationStatement", "MedicationRequest")
 
 
@@ -81,7 +84,7 @@ def _reference(value: Any, field: str, rtype: str) -> dict[str, Any]:
         value = {"reference": value}
     if not isinstance(value, dict) or not isinstance(value.get("reference"), str):
         raise ApplyError(field, f'expected a {rtype} reference ("{rtype}/id" or {{"reference": ...}})')
-    if not re.match(rf"^(\S*/)?{rtype}/{_ID}$", value["reference"]):
+    if not _REFERENCE_RE[rtype].fullmatch(value["reference"]):
         raise ApplyError(field, f"{value['reference']!r} is not a reference to a {rtype} ({rtype}/id)")
     out = {"reference": value["reference"].rsplit("/", 2)[-2] + "/" + value["reference"].rsplit("/", 1)[-1]}
     if value.get("display") is not None:
@@ -111,7 +114,7 @@ def _patient(value: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
         if value["resourceType"] != "Patient":
             raise ApplyError("patient", f"expected a Patient resource, got {value['resourceType']!r}")
         pid = value.get("id")
-        if not isinstance(pid, str) or not re.match(rf"^{_ID}$", pid):
+        if not isinstance(pid, str) or not _ID_RE.fullmatch(pid):
             raise ApplyError("patient.id", "missing or not a FHIR id (the outputs must refer to the patient)")
         name = _human_name(value)
         if not name:
@@ -221,7 +224,7 @@ def parse_context(obj: Any, techniques: list[str], sites: SiteSet | None) -> Pat
         raise ApplyError(
             "resourceType", f"{obj['resourceType']!r}: expected a Bundle or a plain context object"
         )
-    unknown = sorted(set(obj) - set(FIELDS))
+    unknown = None if obj.keys() <= _FIELDS else sorted(set(obj) - _FIELDS)
     if unknown:
         raise ApplyError(unknown[0], f"unknown field (known: {', '.join(FIELDS)})")
     patient, patient_ref, name = _patient(obj.get("patient"))

@@ -204,20 +204,27 @@ class SiteSet:
     sites: tuple[Site, ...]
     label: str | None  # how the text names the sites, when the plan says (forms: "{label} to be treated")
     required: bool
+    _by_name: dict[str, Site] = field(init=False, repr=False, compare=False, default_factory=dict)
+    _by_coding: dict[tuple[Any, Any], Site] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, Site] = {}
+        for site in self.sites:
+            for name in site.names:
+                by_name.setdefault(name, site)
+        object.__setattr__(self, "_by_name", by_name)
+        object.__setattr__(
+            self, "_by_coding", {(s.coding["system"], s.coding["code"]): s for s in self.sites}
+        )
 
     def find(self, value: Any) -> Site | None:
+        """The site a context names: by label, code or display (any case), or by Coding."""
         if isinstance(value, dict):
-            return next(
-                (
-                    s
-                    for s in self.sites
-                    if s.coding["system"] == value.get("system") and s.coding["code"] == value.get("code")
-                ),
-                None,
-            )
+            return self._by_coding.get((value.get("system"), value.get("code")))
         if isinstance(value, str):
-            key = value.strip().lower()
-            return next((s for s in self.sites if key in s.names), None)
+            return self._by_name.get(value.strip().lower())
         return None
 
 
