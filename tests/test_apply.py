@@ -645,6 +645,43 @@ def test_a_plan_without_choice_or_sites(gen):
         gen.apply(pk.generic_context(conditions=[]))
 
 
+def test_dynamic_value_paths_from_the_core_definitions_agree_with_the_models(tmp_path):
+    """The R4 core StructureDefinitions (read when installed) and fhir.resources' models give the
+    same steps (and repetitions) for the paths of every kind $apply instantiates."""
+    from procfhir.apply.engine import KINDS, _path_steps_core, _path_steps_models
+    from procfhir.fhircache import core_dir
+
+    if not (core_dir() / "StructureDefinition-ServiceRequest.json").is_file():
+        pytest.skip("the R4 core package is not installed (procfhir fhir-cache fill)")
+    paths = ["note.text", "note", "text.div", "identifier.value", "extension.url", "meta.tag.code"]
+    more = {
+        "ServiceRequest": ["orderDetail.text", "bodySite.coding.code", "quantityQuantity.value"],
+        "MedicationRequest": ["dosageInstruction.text", "dispenseRequest.validityPeriod.start"],
+        "Task": ["executionPeriod.start", "input.type.text", "restriction.repetitions"],
+        "CommunicationRequest": ["payload.contentString", "reasonCode.text"],
+        "Appointment": ["participant.status", "serviceType.text"],
+        "SupplyRequest": ["quantity.value"],
+        "DeviceRequest": ["codeCodeableConcept.text", "parameter.code.text"],
+    }
+
+    def steps(fn, kind: str, path: str):
+        try:
+            return fn(kind, path, "t")
+        except KnowledgeError:
+            return "no such element"
+
+    found = 0
+    for kind in sorted(KINDS):
+        for path in paths + more.get(kind, []):
+            core = steps(lambda k, p, w: _path_steps_core(core_dir(), k, p, w), kind, path)
+            assert core == steps(_path_steps_models, kind, path), (kind, path)
+            found += core != "no such element"
+    assert found > 40
+    for bad in ("orderDetail.nothing", "nothing", "subject.reference.x"):
+        with pytest.raises(KnowledgeError):
+            _path_steps_core(core_dir(), "ServiceRequest", bad, "t")
+
+
 def test_apply_reads_fhir_only():
     """$apply imports nothing from the build stages and names no procedure in its code."""
     import re

@@ -87,7 +87,76 @@ class Outcome:
 
 
 def _path_steps(resource_type: str, path: str, where: str) -> list[tuple[str, bool]]:
-    """Check a dynamicValue path against the FHIR model; say for each step whether it repeats."""
+    """Check a dynamicValue path against the FHIR R4 definitions; say for each step whether it
+    repeats. The core package's StructureDefinitions (``procfhir fhir-cache fill``) are read
+    when installed (a few ms); else fhir.resources' models (about 0.2 s to import)."""
+    from procfhir.fhircache import core_dir
+
+    core = core_dir()
+    if (core / f"StructureDefinition-{resource_type}.json").is_file():
+        return _path_steps_core(core, resource_type, path, where)
+    return _path_steps_models(resource_type, path, where)
+
+
+_CORE_SNAPSHOTS: dict[str, dict[str, dict[str, Any]]] = {}
+
+
+def _snapshot(core: Any, type_name: str, where: str) -> dict[str, dict[str, Any]]:
+    elements = _CORE_SNAPSHOTS.get(type_name)
+    if elements is None:
+        path = core / f"StructureDefinition-{type_name}.json"
+        try:
+            sd = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            raise KnowledgeError(f"{where}: unknown FHIR type {type_name}") from None
+        elements = _CORE_SNAPSHOTS[type_name] = {e["path"]: e for e in sd["snapshot"]["element"]}
+    return elements
+
+
+def _choice_type(suffix: str, element: dict[str, Any]) -> str | None:
+    """The type of a choice element named with this suffix (``String`` -> ``string``)."""
+    for t in element.get("type") or []:
+        code = t["code"]
+        if code[:1].upper() + code[1:] == suffix:
+            return str(code)
+    return None
+
+
+def _path_steps_core(core: Any, resource_type: str, path: str, where: str) -> list[tuple[str, bool]]:
+    steps = []
+    elements = _snapshot(core, resource_type, where)
+    prefix = resource_type
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        e = elements.get(f"{prefix}.{part}")
+        types = [t["code"] for t in (e or {}).get("type") or []]
+        if e is None:  # a choice element by its typed name: contentString -> content[x], string
+            e = next(
+                (
+                    x
+                    for p, x in elements.items()
+                    if p.endswith("[x]")
+                    and p.rsplit(".", 1)[0] == prefix
+                    and part.startswith(p.rsplit(".", 1)[1][:-3])
+                    and _choice_type(part[len(p.rsplit(".", 1)[1]) - 3 :], x)
+                ),
+                None,
+            )
+            if e is None:
+                raise KnowledgeError(f"{where}: dynamicValue path {path!r}: {prefix} has no element {part!r}")
+            types = [_choice_type(part[len(e["path"].rsplit(".", 1)[1]) - 3 :], e) or ""]
+        steps.append((part, e.get("max") != "1" and e.get("max") != "0"))
+        if i < len(parts) - 1:
+            if types in (["BackboneElement"], ["Element"]):
+                prefix = f"{prefix}.{part}"
+            elif len(types) == 1 and types[0][:1].isupper():
+                elements, prefix = _snapshot(core, types[0], where), types[0]
+            else:
+                raise KnowledgeError(f"{where}: dynamicValue path {path!r}: {part!r} has no elements")
+    return steps
+
+
+def _path_steps_models(resource_type: str, path: str, where: str) -> list[tuple[str, bool]]:
     from fhir.resources.R4B import get_fhir_model_class
 
     try:
