@@ -461,6 +461,29 @@ def test_batch_of_1000_validates_and_reports_failures(package, tmp_path, validat
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
+def test_a_worker_failing_stops_the_batch_and_writes_nothing(package, tmp_path, monkeypatch):
+    """Fault injection (a bug no input produces): a worker raising mid-batch stops the others
+    waiting for their turn to write; the error comes out and no output folder is left."""
+    from procfhir.apply import batch
+
+    src = tmp_path / "contexts.ndjson"
+    with open(src, "w", encoding="utf-8") as f:
+        for ctx in sample_contexts(3 * batch.CHUNK, seed=5):
+            f.write(json.dumps(ctx) + "\n")
+    original = Applier.apply_json
+
+    def faulty(self, context):
+        if context.get("id") == "ctx-0000300":
+            raise RuntimeError("injected fault")
+        return original(self, context)
+
+    monkeypatch.setattr(Applier, "apply_json", faulty)  # inherited by the forked workers
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="injected fault"):
+        batch.apply_batch(src, out, package=package, workers=2)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["contexts.ndjson"]
+
+
 # -- the package as FHIR: folder, .tgz, Bundle; plan selection ------------------------------------
 
 
