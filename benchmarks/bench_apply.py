@@ -14,7 +14,7 @@ memory (ru_maxrss, the largest process) and output size, then the ratios measure
 the 1-minute load average is printed with each figure; compare ratios, not absolute times.
 Targets (issue 10): apply/floor <= 2, 2 workers >= 1.8x one, peak memory flat from 10k to 100k.
 
-Usage: ``python benchmarks/bench_apply.py [--sizes 10000,100000] [--package fhir/] [--repeat 1]``
+Usage: ``python benchmarks/bench_apply.py [--sizes 10000,100000] [--package fhir/] [--repeat 3]``
 """
 
 from __future__ import annotations
@@ -101,51 +101,58 @@ def floor(src: str, pool_path: str, out_dir: str) -> None:
     (out / "summary.json").write_text(json.dumps({"contexts": n}) + "\n")
 
 
-def bench(n: int, work: Path, package: str | None) -> list[dict[str, Any]]:
+def bench(n: int, work: Path, package: str | None, repeat: int) -> None:
     src = work / f"contexts-{n}.ndjson"
     write_ndjson(src, n, seed=n)
     pool = work / "pool.pickle"
     make_pool(src, pool, package)
     pkg = ["--package", package] if package else []
-    rows = []
-    for name, cmd_tail in (
-        ("floor", None),
-        ("apply 1w", ["--workers", "1"]),
-        ("apply 2w", ["--workers", "2"]),
-    ):
-        out = work / f"out-{n}-{name.replace(' ', '')}"
-        if cmd_tail is None:
-            cmd = [sys.executable, __file__, "--floor", str(src), str(pool), str(out)]
-        else:
-            cmd = [
-                sys.executable,
-                "-m",
-                "procfhir.cli",
-                "apply",
-                *pkg,
-                "--batch",
-                str(src),
-                "--out",
-                str(out),
-            ]
-            cmd += cmd_tail
-        row: dict[str, Any] = {"contexts": n, "run": name, **_run(cmd)}
-        row["contexts_per_s"] = round(n / row["wall_s"])
-        row["output_mib"] = _size(out)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        shutil.rmtree(out)
+    best: dict[str, dict[str, Any]] = {}
+    for _ in range(repeat):  # interleaved: each kind of run meets the same background load
+        for name, cmd_tail in (
+            ("floor", None),
+            ("apply 1w", ["--workers", "1"]),
+            ("apply 2w", ["--workers", "2"]),
+        ):
+            out = work / f"out-{n}-{name.replace(' ', '')}"
+            if cmd_tail is None:
+                cmd = [sys.executable, __file__, "--floor", str(src), str(pool), str(out)]
+            else:
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "procfhir.cli",
+                    "apply",
+                    *pkg,
+                    "--batch",
+                    str(src),
+                    "--out",
+                    str(out),
+                ]
+                cmd += cmd_tail
+            row: dict[str, Any] = {"contexts": n, "run": name, **_run(cmd)}
+            row["contexts_per_s"] = round(n / row["wall_s"])
+            row["output_mib"] = _size(out)
+            print(json.dumps(row), flush=True)
+            shutil.rmtree(out)
+            old = best.get(name)
+            if old is None:
+                best[name] = row
+            else:  # the best of the repeats, each figure on its own
+                for k in ("wall_s", "cpu_s", "peak_rss_mib"):
+                    old[k] = min(old[k], row[k]) if k != "peak_rss_mib" else max(old[k], row[k])
     src.unlink()
-    by = {r["run"]: r for r in rows}
     ratios = {
         "contexts": n,
-        "apply/floor cpu": round(by["apply 1w"]["cpu_s"] / by["floor"]["cpu_s"], 2),
-        "apply/floor wall": round(by["apply 1w"]["wall_s"] / by["floor"]["wall_s"], 2),
-        "2w/1w speed-up (wall)": round(by["apply 1w"]["wall_s"] / by["apply 2w"]["wall_s"], 2),
+        "best of": repeat,
+        "apply/floor cpu": round(best["apply 1w"]["cpu_s"] / best["floor"]["cpu_s"], 2),
+        "apply/floor wall": round(best["apply 1w"]["wall_s"] / best["floor"]["wall_s"], 2),
+        "2w/1w speed-up (wall)": round(best["apply 1w"]["wall_s"] / best["apply 2w"]["wall_s"], 2),
+        "2w/1w cpu": round(best["apply 2w"]["cpu_s"] / best["apply 1w"]["cpu_s"], 2),
+        "peak_rss_mib": {k: v["peak_rss_mib"] for k, v in best.items()},
         "load_1m": _load(),
     }
     print(json.dumps(ratios), flush=True)
-    return rows
 
 
 def main() -> None:
@@ -155,13 +162,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--package", default=None, help="package for $apply (default: fhir/)")
-    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=1, help="interleaved repeats; the best figures")
     args = ap.parse_args()
     print(json.dumps({"cpus": os.cpu_count(), "load_1m": _load()}), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-apply-") as tmp:
-        for _ in range(args.repeat):
-            for n in [int(s) for s in args.sizes.split(",")]:
-                bench(n, Path(tmp), args.package)
+        for n in [int(s) for s in args.sizes.split(",")]:
+            bench(n, Path(tmp), args.package, args.repeat)
 
 
 if __name__ == "__main__":

@@ -162,8 +162,10 @@ class Chunk:
         lines.append(line)
 
     def pack(self) -> Chunk:
-        """The lines of each type joined into one bytes (one object to send between processes)."""
-        self.packed = {t: (b"\n".join(v) + b"\n", len(v)) for t, v in self.lines.items()}
+        """The lines of each type joined into one bytes, newline-terminated (one copy)."""
+        for v in self.lines.values():
+            v.append(b"")
+        self.packed = {t: (b"\n".join(v), len(v) - 1) for t, v in self.lines.items()}
         self.lines = {}
         return self
 
