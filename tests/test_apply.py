@@ -659,6 +659,19 @@ def test_advice_for_a_group_of_patients(gen):
     ] == pk.ADVICE_WORDS
 
 
+def test_consent_template_named_in_words_only(tmp_path):
+    """A template whose provision names the procedure in words (no coding) is still the plan's."""
+    resources = pk.generic_package()
+    consent = next(r for r in resources if r["resourceType"] == "Consent")
+    consent["provision"]["code"] = [{"text": "Procedure X"}]
+    other = copy.deepcopy(consent)
+    other["id"], other["provision"]["code"] = "another-consent", [{"text": "Something else"}]
+    applier = Applier(load_plan(pk.write_folder([*resources, other], tmp_path / "pkg")))
+    out = applier.apply(pk.generic_context()).of_type("Consent")[0]
+    assert out["provision"]["code"] == [{"text": "Procedure X"}]
+    assert base64.b64decode(out["sourceAttachment"]["data"]).decode().count("Sam Test") == 1
+
+
 def test_a_plan_without_choice_or_sites(gen):
     with pytest.raises(ApplyError, match="technique: 'x': the plan offers no choice"):
         gen.apply(pk.generic_context(technique="x"))

@@ -362,9 +362,20 @@ def _procedure_profile(res: Resources, codes: set[tuple[str, str]]) -> dict[str,
     return fitting[0] if fitting else None
 
 
-def _consent_template(res: Resources, codes: set[tuple[str, str]]) -> dict[str, Any] | None:
-    """The Consent template whose provision names a procedure of the plan."""
-    fitting = [c for c in res.consents if _codings((c.get("provision") or {}).get("code")) & codes]
+def _consent_template(
+    res: Resources, codes: set[tuple[str, str]], titles: set[str]
+) -> dict[str, Any] | None:
+    """The Consent template whose provision names a procedure of the plan: by code, else by the
+    procedure's name (a provision with text only), else the package's only Consent."""
+
+    def provisions(c: dict[str, Any]) -> list[dict[str, Any]]:
+        return [p for p in (c.get("provision") or {}).get("code") or [] if isinstance(p, dict)]
+
+    fitting = [c for c in res.consents if _codings(provisions(c)) & codes]
+    if not fitting:
+        fitting = [c for c in res.consents if {p.get("text") for p in provisions(c)} & titles]
+    if not fitting and len(res.consents) == 1:
+        fitting = res.consents
     if len(fitting) > 1:
         ids = ", ".join(sorted(c["id"] for c in fitting))
         raise KnowledgeError(f"{res.where}: several Consent templates name the plan's procedures ({ids})")
@@ -404,8 +415,10 @@ def knowledge_of(res: Resources, plan: dict[str, Any]) -> Knowledge:
     roles = _plan_value_sets(plan, base)
     activities: dict[str, dict[str, Any]] = {}
     codes: set[tuple[str, str]] = set()
+    titles: set[str] = set()
     for a in _walk_actions(plan.get("action") or []):
         codes |= _codings(a.get("code"))
+        titles |= {t for t in (a.get("title"), *(c.get("text") for c in a.get("code") or [])) if t}
         canonical = a.get("definitionCanonical")
         if canonical:
             ad = res.get(canonical)
@@ -416,6 +429,7 @@ def knowledge_of(res: Resources, plan: dict[str, Any]) -> Knowledge:
                 )
             activities[canonical] = ad
             codes |= _codings(ad.get("code"))
+            titles |= {t for t in (ad.get("title"), (ad.get("code") or {}).get("text")) if t}
     profile_url = next(
         (
             e.get("valueCanonical")
@@ -461,7 +475,7 @@ def knowledge_of(res: Resources, plan: dict[str, Any]) -> Knowledge:
         sites=sites,
         complications=role("complication", "Procedure.complication"),
         procedures=role("procedure", "Procedure.code"),
-        consent_template=_consent_template(res, codes),
+        consent_template=_consent_template(res, codes, titles),
         action_codings=codes,
         base=base,
     )

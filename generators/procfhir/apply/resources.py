@@ -148,6 +148,10 @@ class ConsentForm:
             return self.provisions[0]
         codes = self.plan.action_codings(technique)
         found = [p for p in self.provisions if _codings(p) & codes]
+        if not found:  # a provision named only in words: the technique's title
+            action = self.plan.by_id[technique]
+            names = {action.raw.get("title"), *(c.get("text") for c in action.raw.get("code") or [])}
+            found = [p for p in self.provisions if p.get("text") in names - {None}]
         if len(found) != 1:
             raise KnowledgeError(f"the consent template has no provision for {technique}")
         return found[0]
