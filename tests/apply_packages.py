@@ -1,9 +1,7 @@
 """Packages for the ``$apply`` tests, written as FHIR resources the way docs/contract.md says.
 
-- :func:`vertebral_package`: the committed ``fhir/`` resources with the plan's declarations of
-  docs/contract.md ("The knowledge of one plan, in FHIR") added where ``fhir/`` does not carry them
-  yet: ``plan-value-set``, ``procedure-profile``, ``code-for-sites``, ``uses-material``, ``%sites``.
-  Where ``fhir/`` already has them it is returned unchanged.
+- :func:`vertebral_package`: the committed ``fhir/`` resources (as docs/contract.md puts the plan's
+  knowledge in FHIR: ``plan-value-set``, ``procedure-profile``, ``code-for-sites``...).
 - :func:`generic_package`: a small plan of another kind (made-up codes in a test CodeSystem, not
   clinical content): one technique without a choice, no body sites, a conditional step for
   patients taking a medication, a MedicationRequest, a Task and a CommunicationRequest activity,
@@ -76,60 +74,10 @@ def _walk(actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def vertebral_package() -> list[dict[str, Any]]:
+    """The committed ``fhir/`` knowledge resources (the plan declares its value sets by role)."""
     resources = copy.deepcopy(read_folder(ROOT / "fhir"))
     plan = next(r for r in resources if r["resourceType"] == "PlanDefinition")
-    if any(e["url"] == f"{SD}/plan-value-set" for e in plan.get("extension", [])):
-        return resources  # fhir/ follows the contract already
-    vs = f"{BASE}/ValueSet"
-    plan["extension"] = [
-        *plan.get("extension", []),
-        _value_set_role("indication", f"{vs}/vertebral-augmentation-indications"),
-        _value_set_role("procedure", f"{vs}/vertebral-augmentation-procedures"),
-        _value_set_role("complication", f"{vs}/vertebral-augmentation-complications"),
-        _value_set_role(
-            "body-site",
-            f"{vs}/vertebral-levels",
-            label={"valueString": "Vertebral level(s)"},
-            each={"valueString": "treated level"},
-            required={"valueBoolean": True},
-        ),
-        {"url": f"{SD}/procedure-profile", "valueCanonical": f"{SD}/vertebral-augmentation-procedure"},
-    ]
-    for a in _walk(plan["action"]):
-        for c in a.get("condition", []):
-            c["expression"]["expression"] = c["expression"]["expression"].replace("%levels", "%sites")
-        for dv in a.get("dynamicValue", []):
-            dv["expression"]["expression"] = dv["expression"]["expression"].replace("%levels", "%sites")
-        if a["id"] in ("vertebroplasty", "kyphoplasty"):
-            bone = {
-                "coding": [{"system": LOCAL, "code": "bone-cement", "display": "Bone cement"}],
-                "text": "Bone cement",
-            }
-            a["extension"] = [
-                *a.get("extension", []),
-                _ext("uses-material", item={"valueCodeableConcept": bone}, kind={"valueCode": "material"}),
-            ]
-    levels = json.loads((ROOT / "fhir" / "ValueSet-vertebral-levels.json").read_text())
-    sites = {
-        c["display"].split()[0]: {"system": SCT, "code": c["code"]}
-        for c in levels["compose"]["include"][0]["concept"]
-    }
-    thoracic = [sites[x] for x in ("T11", "T12")]
-    lumbar = [sites[x] for x in ("L1", "L2", "L3", "L4", "L5")]
-    regions = {"22510": thoracic, "22511": lumbar, "22513": thoracic, "22514": lumbar}
-    for r in resources:
-        if r["resourceType"] != "ActivityDefinition":
-            continue
-        for c in r.get("code", {}).get("coding", []):
-            if c["system"] != CPT:
-                continue
-            if c["code"] in regions:
-                c["extension"] = [_ext("code-for-sites")]
-                c["extension"][0]["extension"] = [
-                    {"url": "site", "valueCoding": s} for s in regions[c["code"]]
-                ]
-            else:
-                c["extension"] = [_ext("code-for-sites", additional={"valueBoolean": True})]
+    assert any(e["url"] == f"{SD}/plan-value-set" for e in plan.get("extension", []))
     return resources
 
 

@@ -223,14 +223,15 @@ class Plan:
         self._used = sorted({v for x in self.expressions for v in x.variables})
         self._outcomes: OrderedDict[tuple[Any, ...], tuple[Any, ...]] = OrderedDict()
         self.max_outcomes = 4096
-        used = {v for x in self.expressions for v in x.variables}
-        # Packages built before the contract named the body-site variable %sites used another
-        # name for it: a single unknown variable of a plan with body sites is that variable.
-        unknown = sorted(used - set(VARIABLES))
+        unknown = sorted(set(self._used) - set(VARIABLES))
+        if unknown:
+            raise KnowledgeError(
+                f"PlanDefinition/{self.plan['id']}: the expressions use the unknown variable(s) "
+                f"{', '.join('%' + v for v in unknown)} (known: {', '.join('%' + v for v in VARIABLES)})"
+            )
         self._procedure_action = self._find_procedure_action()
         k = knowledge
-        label = (k.sites.label or k.value_set(k.sites.value_set).get("title")) if k.sites else None
-        self.sites_label: str = label or "Body sites"
+        self.sites_label: str = (k.sites.label if k.sites else None) or "Body sites"  # as the build
         self.materials: dict[str, list[dict[str, Any]]] = {}  # action id -> CodeableConcepts
         for a in self.by_id.values():
             for e in k.extensions(a.raw, "uses-material"):
@@ -244,14 +245,6 @@ class Plan:
                 )
                 if isinstance(item, dict):
                     self.materials.setdefault(a.id, []).append(item)
-        self.site_variables = ["sites"]
-        if len(unknown) == 1 and self.sites is not None:
-            self.site_variables.append(unknown[0])
-        elif unknown:
-            raise KnowledgeError(
-                f"PlanDefinition/{self.plan['id']}: the expressions use the unknown variable(s) "
-                f"{', '.join('%' + v for v in unknown)} (known: {', '.join('%' + v for v in VARIABLES)})"
-            )
 
     def action_codings(self, action_id: str) -> set[tuple[str, str]]:
         """The codings of an action: its own code and its ActivityDefinition's."""
@@ -355,8 +348,7 @@ class Plan:
             "priorProcedures": ctx.prior_procedures,
             "plannedDate": ctx.date[:10],
         }
-        for name in self.site_variables:
-            env[name] = sites
+        env["sites"] = sites
         return env
 
     def evaluate(self, ctx: PatientContext) -> Outcome:
