@@ -362,9 +362,7 @@ def _procedure_profile(res: Resources, codes: set[tuple[str, str]]) -> dict[str,
     return fitting[0] if fitting else None
 
 
-def _consent_template(
-    res: Resources, codes: set[tuple[str, str]], titles: set[str]
-) -> dict[str, Any] | None:
+def _consent_template(res: Resources, codes: set[tuple[str, str]], titles: set[str]) -> dict[str, Any] | None:
     """The Consent template whose provision names a procedure of the plan: by code, else by the
     procedure's name (a provision with text only), else the package's only Consent."""
 
