@@ -177,3 +177,31 @@ def test_advice_and_risk_modifier_concern_their_patients(alone: BuildResult) -> 
     assert modifier["effect"]["valueCode"] == "higher"
     patients = modifier["patients"]["valueExpression"]["expression"]
     assert _eval(patients, medications=[_med("warfarin")]) and not _eval(patients)
+
+
+def test_a_limit_on_sites_needs_body_sites_and_a_value_set_needs_codes(tmp_path: Path) -> None:
+    from procfhir.errors import BuildError
+
+    cfg = _config(tmp_path, False)
+    mapping = tmp_path / "source" / "joint-injection.yaml"
+    data = yaml.safe_load(mapping.read_text())
+    data["plan"]["limits"].append(
+        {
+            "id": "per-session",
+            "title": "Joints per session",
+            "text": "No more than 3 injections.",
+            "type": "sites-per-session",
+            "maximum": 3,
+            "quotes": ["The injection may be repeated, but no more than 3 times in one year."],
+        }
+    )
+    data["value_sets"].append(
+        {"id": "joint-materials", "name": "JointMaterials", "title": "M", "from": "materials"}
+    )
+    mapping.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(BuildError) as err:
+        build(cfg, tmp_path / "out", validate=False, write=False)
+    text = "\n".join(err.value.problems)
+    assert "limit per-session: a sites-per-session limit needs the plan's body_sites" in text
+    assert "value set joint-materials: it holds no code" in text
+    assert len(err.value.problems) == 2, err.value.problems

@@ -556,6 +556,14 @@ def load_mapping(path: Path, local_system: str) -> Document:
     )
 
     value_sets = tuple(_value_set(r, vs, plan, consent) for vs in data["value_sets"])
+    for raw_vs, vs in zip(data["value_sets"], value_sets, strict=True):
+        if not vs.codes:
+            r.problems.append(f"{r.where(raw_vs)}: value set {vs.id}: it holds no code")
+    for raw_lim, lim in zip(raw.get("limits", []), limits, strict=True):
+        if lim.type == "sites-per-session" and body_sites is None:
+            r.problems.append(
+                f"{r.where(raw_lim)}: limit {lim.id}: a sites-per-session limit needs the plan's body_sites"
+            )
     if body_sites is not None:
         target = next((vs for vs in data["value_sets"] if vs["id"] == body_sites.value_set), None)
         if target is None or "codes" not in target:
