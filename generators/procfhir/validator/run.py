@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,14 @@ from procfhir.validator.engine import Validator
 from procfhir.validator.inputs import RawInput, definitions_in, parse_input, raw_inputs, read_inputs
 from procfhir.validator.issues import Issue
 
-KEEP_BYTES = 48 * 1024 * 1024  # inputs kept parsed between the passes, at most (their JSON size)
+KEEP_BYTES = 16 * 1024 * 1024  # inputs kept parsed between the passes, at most (their JSON size)
+_URL = re.compile(rb'"url"\s*:\s*"([^"\\]*)"')
+
+
+def _may_define(data: bytes, validator: Validator) -> bool:
+    """Whether a file can hold a definition beyond core: some ``"url"`` in it is not a core
+    canonical (a cheap scan that spares the first pass most of the spec's own files)."""
+    return any(not validator.defs.is_core(m.group(1).decode("utf-8", "replace")) for m in _URL.finditer(data))
 
 
 @dataclass
@@ -66,19 +74,23 @@ def run(
         out.issues.append(Issue("fatal", "", str(exc), "processing", message_id=M.DEFINITIONS_UNAVAILABLE))
         out.could_not_run = True
         return out
-    kept: list[tuple[str, Any, list[Issue]]] | None = []
+    kept: list[tuple[str, Any, list[Issue]]] | None = [] if workers == 1 else None
     size = 0
     readable = 0
     for item in raw_inputs(paths):
+        data = item[1]
+        size += len(data or b"")
+        if kept is not None and size > KEEP_BYTES:
+            kept = None
+        if kept is None and data is not None and not _may_define(data, validator):
+            readable += 1  # parsed (and its JSON judged) in the second pass
+            continue
         source, res, issues = parse_input(item)
         if res is not None:
             readable += 1
             for d in definitions_in([res]):
                 if not validator.defs.is_core(d["url"]):
                     validator.defs.add(d)
-        size += len(item[1] or b"")
-        if kept is not None and (size > KEEP_BYTES or workers > 1):
-            kept = None
         if kept is not None:
             kept.append((source, res, issues))
     if workers > 1:
