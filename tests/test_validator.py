@@ -452,3 +452,21 @@ def test_reference_leniency_and_strict_policy(core_cache: Path, tmp_path: Path) 
     assert code == 1
     errors = {(message_id(i), i["expression"][0]) for i in by_file["lenient"] if i["severity"] == "error"}
     assert errors == {("NARRATIVE_POLICY", "Patient.text.div"), ("EXT_UNKNOWN", "Patient.extension[0]")}
+
+
+def test_definitions_among_large_inputs_are_found(
+    core_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond the first pass's memory budget, a profile among the inputs still applies (its file
+    is found by the url scan) and the inputs are validated one at a time."""
+    from procfhir.validator import run as run_module
+
+    monkeypatch.setattr(run_module, "KEEP_BYTES", 0)
+    defs = Path(__file__).parent / "fixtures" / "definitions" / "StructureDefinition-limits-patient.json"
+    (tmp_path / "a-patient.json").write_text((FIXTURES / "profile-value-limits.json").read_text())
+    (tmp_path / "b-profile.json").write_text(defs.read_text())
+    for workers in (1, 2):
+        result = run_module.run([str(tmp_path)], workers=workers)
+        ids = {i.message_id for i in result.issues if i.is_error}
+        assert ids == {"DT_MAX_LENGTH", "DT_MAX_VALUE"}, result.issues
+        assert result.resources == 2
