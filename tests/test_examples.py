@@ -202,3 +202,26 @@ def test_the_three_documents_build_into_one_package(tmp_path: Path) -> None:
         "lumbar-puncture",
         "radiofrequency-ablation",
     }
+
+
+def test_each_plan_has_its_own_procedure_profile(built: dict[str, BuildResult]) -> None:
+    """The example Procedures conform to their plan's generated profile, which holds its body sites:
+    required and from the facet joints for RFA, none for the lumbar puncture."""
+    from procfhir.validator import Validator
+
+    def errors(name: str, proc: dict[str, Any]) -> list[str]:
+        validator = Validator(extra_definitions=built[name].resources)
+        return [i.message for i in validator.validate(proc) if i.severity in ("error", "fatal")]
+
+    procs = {name: [r for r in built[name].resources if r["resourceType"] == "Procedure"] for name in NAMES}
+    rfa = procs["radiofrequency-ablation"][0]
+    assert rfa["meta"]["profile"] == [
+        "https://fhir.example.org/radiofrequency-ablation/StructureDefinition/radiofrequency-ablation-procedure"
+    ]
+    assert not errors("radiofrequency-ablation", rfa) and len(rfa["bodySite"]) == 4
+    no_site = {k: v for k, v in rfa.items() if k != "bodySite"}
+    assert any("Procedure.bodySite" in e for e in errors("radiofrequency-ablation", no_site))
+    lp = procs["lumbar-puncture"][0]
+    assert not errors("lumbar-puncture", lp) and "bodySite" not in lp
+    with_site = dict(lp, bodySite=rfa["bodySite"])
+    assert any("bodySite" in e for e in errors("lumbar-puncture", with_site))
