@@ -76,7 +76,7 @@ class CodeTable:
     """The code tables of a Markdown note: rows under a heading naming the code system's URL.
 
     A row giving several codes (``12989004 / 23215003``) yields each with its display when the
-    display lists as many (``T11 vertebra / T12 vertebra``); otherwise the row is skipped rather
+    display lists as many (``Display A / Display B``); otherwise the row is skipped rather
     than paired wrongly.
     """
 

@@ -35,11 +35,10 @@ class Rule:
     kind: str
     pattern: re.Pattern[str]
     why: str
-    in_list_only: bool = False  # applies only to the items of a list ("... include:")
 
 
-def _rule(kind: str, words: str, why: str, in_list_only: bool = False) -> Rule:
-    return Rule(kind, re.compile(words, re.IGNORECASE), why, in_list_only)
+def _rule(kind: str, words: str, why: str) -> Rule:
+    return Rule(kind, re.compile(words, re.IGNORECASE), why)
 
 
 # Word patterns, in the order their kinds are listed when several match.
@@ -61,12 +60,6 @@ RULES: tuple[Rule, ...] = (
         "risk",
         r"\b(risks?|complications?|side effects?|harm|injury|damage|deaths?|emergency)\b",
         "names a risk, a complication or a harm",
-    ),
-    _rule(
-        "risk",
-        r"\b(bleeding|infection|pain|leak|leaks|leakage|numbness|headache|fracture)\b",
-        "names a harm, in an item of the list of complications",
-        in_list_only=True,
     ),
     _rule(
         "indication",
@@ -227,8 +220,6 @@ def _suggest(seg: Segment, in_list_of: str | None) -> tuple[tuple[str, ...], tup
     kinds: list[str] = []
     why: list[str] = []
     for rule in RULES:
-        if rule.in_list_only and not in_list_of:
-            continue
         if rule.kind not in kinds and rule.pattern.search(seg.text):
             kinds.append(rule.kind)
             why.append(rule.why)

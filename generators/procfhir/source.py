@@ -16,9 +16,9 @@ The parser copes with the text's known defects:
 It also reads what other patient-information texts do, with no knowledge of any one text:
 
 - a heading on its own line directly followed by its text, with no blank line in between
-  ("Headache" / "A headache that ..."): a short line with no closing punctuation, not ending in
+  ("Possible problems" / "Some patients ..."): a short line with no closing punctuation, not ending in
   a word such as "and" or "the", followed by a line that starts a sentence;
-- items of a bulleted or numbered list inside a paragraph ("- Bleeding", "2) Infection"): each
+- items of a bulleted or numbered list inside a paragraph ("- first item", "2) second item"): each
   item is read on its own (its sentences never run into the next item), without its marker; the
   sentence ending with a colon before them introduces that list;
 - lines wrapped inside a sentence (a segment's text has its white space normalised);
@@ -306,7 +306,7 @@ def parse_text(text: str, path: Path | str = "<text>") -> SourceDocument:
         para_segments: list[Segment] = []
         for block, is_item in _blocks(text, body):
             if is_item and para_segments and para_segments[-1].text.endswith(":"):
-                para_segments[-1].introduces_list = True  # "... include:" then "- Headache"
+                para_segments[-1].introduces_list = True  # "... include:" then "- the first item"
             para_segments += [
                 new_segment("sentence", (s,), current.index, p_index) for s in _sentences(text, block)
             ]
