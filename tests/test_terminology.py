@@ -9,6 +9,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -55,6 +57,10 @@ def test_lookup_finds_procedure_codes_with_their_source(installed: None) -> None
     assert first.display == "Induction of conscious sedation (procedure)"
     assert "ValueSet/snomed-intl-gps" in first.cite() and first.origin.package == "hl7.terminology.r4"
     assert terminology.lookup("zzqqxx no such words") == []
+    # the closest text first: the concept named by exactly these words, not a longer one
+    assert [(c.system, c.code) for c in terminology.lookup("local anesthesia")[:1]] == [(SCT, "386761002")]
+    assert terminology.lookup("vertebroplasty")[0].system == ICD10PCS  # via CMS's GEM for 81.65
+    assert not [c for c in terminology.lookup("bone cement") if "displacement" in c.display.lower()]
 
 
 def test_lookup_cli(installed: None) -> None:
@@ -297,3 +303,24 @@ def test_validator_checks_tho_bindings_and_warns_on_displays(installed: None) ->
     ]
     # DICOM's display for the same SNOMED CT code is a valid one too (no warning)
     assert issues({"system": SCT, "code": "72641008", "display": "Sedation"}) == []
+
+
+@pytest.mark.parametrize("example", ["lumbar-puncture", "radiofrequency-ablation"])
+def test_other_procedures_codes_are_verified_too(installed: None, tmp_path: Path, example: str) -> None:
+    """The same verification for any procedure's mapping: every standard code of the example
+    mappings is confirmed (or CPT unverifiable), and a planted wrong code is named with its line."""
+    shutil.copytree(ROOT / "examples" / example, tmp_path / example, ignore=shutil.ignore_patterns("fhir"))
+    cfg = tmp_path / example / "package.yaml"
+    result = build(cfg, tmp_path / "out", validate=False)
+    statuses = {r["verification"]["status"] for r in result.terminology["codes"]}
+    assert statuses <= {"confirmed", "unverifiable", "local", "configuration"}, statuses
+    assert "confirmed" in statuses
+    mapping = tmp_path / example / f"{example}.yaml"
+    text = mapping.read_text()
+    first = re.search(r'system: "http://snomed.info/sct", code: "(\d+)"', text)
+    assert first is not None
+    line = text[: first.start()].count("\n") + 1
+    mapping.write_text(text[: first.start(1)] + "1" + text[first.start(1) :])
+    problems = _problems(cfg, tmp_path / "planted")
+    assert len(problems) == 1 and problems[0].startswith(f"{mapping}:{line}: code "), problems
+    assert f"http://snomed.info/sct|1{first.group(1)} " in problems[0] and "is not found" in problems[0]

@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from procfhir.terminology.sources import ARTIFACTS, SOURCES, Source
+from procfhir.terminology.sources import ARTIFACTS, SOURCES, Source, strip_semantic_tag
 
 STORE_FORMAT = 1
 DB_NAME = f"concepts-v{STORE_FORMAT}.sqlite"
@@ -147,7 +147,15 @@ class Store:
         def rank(c: Concept) -> tuple[Any, ...]:
             text = f"{c.display} {c.note}".lower()
             whole = sum(1 for t in terms if re.search(rf"\b{re.escape(t)}\b", text))
-            return (-whole, c.kind != "definition", SOURCES[c.source].priority, len(c.display), c.code)
+            # the closer the matched text is to the words asked for, the better: count its other
+            # words (a mapping row is matched by the quoted description in its note)
+            quoted = re.findall(r"'([^']*)'", c.note) if c.kind == "map" else []
+            matched = quoted[0] if quoted else strip_semantic_tag(c.display)
+            extra = sum(
+                1 for w in re.findall(r"\w+", matched.lower()) if not any(w.startswith(t) for t in terms)
+            )
+            priority = SOURCES[c.source].priority
+            return (-whole, extra, c.kind != "definition", priority, len(c.display), c.code)
 
         found.sort(key=rank)
         out: list[Concept] = []
