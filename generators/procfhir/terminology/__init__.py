@@ -14,6 +14,7 @@ A candidate is a suggestion for a mapping author: use it only after reading it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from procfhir.terminology.store import Concept, Store, TerminologyError, open_store, store_root
@@ -30,11 +31,11 @@ def lookup(words: str | list[str], limit: int = 25, root: Path | None = None) ->
     return open_store(root).search(parts, limit=limit)
 
 
-def fill(force: bool = False, log: object = None) -> bool:
+def fill(force: bool = False, log: Callable[[str], None] | None = None) -> bool:
     """Install the content (see :mod:`procfhir.terminology.install`)."""
     from procfhir.terminology.install import fill as _fill
 
-    return _fill(force=force, log=log)  # type: ignore[arg-type]
+    return _fill(force=force, log=log)
 
 
 __all__ = ["Candidate", "Concept", "Store", "TerminologyError", "fill", "lookup", "open_store", "store_root"]

@@ -21,9 +21,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 from procfhir import fhircache
 from procfhir.terminology import sources
@@ -167,7 +166,7 @@ def fill(
     return True
 
 
-def _write_store(path: Path, rows: Any) -> int:
+def _write_store(path: Path, rows: Iterable[sources.Row]) -> int:
     con = sqlite3.connect(path)
     try:
         con.execute(
