@@ -36,3 +36,9 @@ def test_fhir_folder_is_not_a_python_package() -> None:
 
     assert "fhir.resources" in sys.modules
     assert not str(fhir.resources.__file__).startswith(str(PROJECT_ROOT / "fhir"))
+
+
+def test_mypy_is_clean() -> None:
+    mypy = shutil.which("mypy") or str(PROJECT_ROOT / ".venv" / "bin" / "mypy")
+    proc = subprocess.run([mypy], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
