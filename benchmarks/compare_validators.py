@@ -46,6 +46,9 @@ CAUSES: dict[tuple[str, str], str] = {
     "compose.include.system with a |version: not implemented",
     ("hapi", "?"): "HAPI failed internally on the resource (HAPI-0389 ... HAPI-0650: it tried to fetch "
     "a value set from the network)",
+    ("hapi", "MEASURE_M_CRITERIA_CQL_NO_LIB"): "Measure-specific CQL checks: not implemented",
+    ("hapi", "VALIDATION_HL7_PUBLISHER_MISMATCH"): "HL7-publishing rule (work group vs publisher): "
+    "not implemented",
     ("ours", "CARD_MIN"): "HAPI reports the same missing element on its parent (matched when at the parent)",
 }
 

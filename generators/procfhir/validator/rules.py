@@ -308,8 +308,8 @@ def binding(v: Validator, value: Any, node: Node, tcode: str, loc: str, ctx: Ctx
         value = {"system": value.get("system"), "code": value.get("code")}
         tcode = "Coding"
     if exp.grammar:
-        if node.path == "CapabilityStatement.format" and value in ("xml", "json", "ttl"):
-            return  # R4 allows these short forms there (see the element's definition)
+        if value in ("xml", "json", "ttl"):
+            return  # the short forms R4 allows for formats (CapabilityStatement.format, TestScript)
         _grammar_binding(value, tcode, exp.grammar, severity, strength or "", vs_url, loc, ctx)
         return
     if not exp.expandable:
@@ -682,7 +682,7 @@ def bundle(v: Validator, res: dict[str, Any], loc: str, ctx: Ctx, contained: boo
         fu = e.get("fullUrl")
         rtype = r.get("resourceType") if isinstance(r, dict) else None
         rid = r.get("id") if isinstance(r, dict) else None
-        if fu is None and isinstance(r, dict) and btype not in ("transaction", "batch"):
+        if fu is None and isinstance(r, dict) and btype in ("document", "message", "collection", "searchset"):
             msg = "except in transactions and batches, an entry needs a fullUrl (the resource's identity)"
             ctx.add("error", eloc, msg, "required", mid=M.BUNDLE_FULLURL_MISSING)
         if isinstance(fu, str):
