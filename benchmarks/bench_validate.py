@@ -4,6 +4,9 @@ and our validator side by side with HAPI FHIR's ``$validate`` on the same resour
     python benchmarks/bench_validate.py                        # ours only
     HAPI_BASE_URL=http://127.0.0.1:8090/fhir python benchmarks/bench_validate.py
     BENCH_HAPI_STRIDE=25 BENCH_WORKERS=2 ...                   # HAPI sample; workers run
+    BENCH_BASELINE_SRC=/tmp/old/generators ...                 # an older validator, same run
+
+(an older version's code: ``git archive <commit> generators | tar -x -C /tmp/old``)
 
 Prints, with the load average (the machine's cores may be shared: CPU seconds are the steadier
 figure, wall seconds include waiting for a core):
@@ -37,12 +40,13 @@ _MEASURE = (
 )
 
 
-def cli_run(args: list[str]) -> tuple[float, float, float, int, str]:
-    """(wall s, CPU s, peak RSS MiB, exit code, summary) of one fresh ``procfhir`` process tree."""
-    exe = Path(sys.executable).parent / "procfhir"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "procfhir.cli"]
+def cli_run(args: list[str], src: str | None = None) -> tuple[float, float, float, int, str]:
+    """(wall s, CPU s, peak RSS MiB, exit code, summary) of one fresh ``procfhir`` process tree
+    (``src``: run the code of that ``generators`` folder instead)."""
+    cmd = [sys.executable, "-m", "procfhir.cli"]
+    env = {**os.environ, "PYTHONPATH": src} if src else None
     out = subprocess.run(
-        [sys.executable, "-c", _MEASURE, *cmd, *args], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _MEASURE, *cmd, *args], capture_output=True, text=True, check=True, env=env
     )
     wall, cpu, rss_kib, code, tail = json.loads(out.stdout)
     return wall, cpu, rss_kib / 1024, code, tail.splitlines()[-1] if tail else ""
@@ -53,15 +57,21 @@ def load() -> str:
 
 
 def whole_package(examples: Path) -> None:
+    baseline = os.environ.get("BENCH_BASELINE_SRC")
+    runs: list[tuple[str, int, str | None]] = [("ours ", 1, None), ("ours ", WORKERS, None)]
+    if baseline:
+        runs.insert(0, ("older", 1, baseline))
     with tempfile.TemporaryDirectory() as tmp:
-        for workers in (1, WORKERS):
-            args = ["validate", str(examples), "-q", "--outcome", f"{tmp}/oo.json", "--workers", str(workers)]
+        for who, workers, src in runs:
+            args = ["validate", str(examples), "-q", "--outcome", f"{tmp}/oo.json"]
+            if not src:
+                args += ["--workers", str(workers)]
             before = load()
-            wall, cpu, rss, code, summary = cli_run(args)
+            wall, cpu, rss, code, summary = cli_run(args, src)
             head = summary.split(" resource", 1)[0]
             n = float(head) if head.isdigit() else 0.0
             print(
-                f"ours  procfhir validate <examples> --workers {workers}: wall {wall:.1f} s, "
+                f"{who} procfhir validate <examples> --workers {workers}: wall {wall:.1f} s, "
                 f"CPU {cpu:.1f} s, peak RSS {rss:.0f} MiB, exit {code}; {n / wall:,.0f} resources/s "
                 f"wall, {n / max(cpu, 1e-9):,.0f}/s CPU ({before}; after: {load()})"
             )
