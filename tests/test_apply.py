@@ -296,6 +296,60 @@ def test_ids_are_deterministic(va):
     assert len({r["id"] for r in a}) == len(a)
 
 
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+ODD_CONTEXT_IDS = [
+    "x" * 10_000,
+    "../x",
+    "a/b",
+    "has space",
+    "tab\there",
+    "ctx-1\n",
+    "é",
+    "$expunge",
+    "a" * 65,
+]
+
+
+def test_any_context_id_gives_valid_fhir_ids_derived_deterministically(package, tmp_path):
+    """A context id is never copied into an output id: ids are a hash of it, so a 10,000-character
+    id or one with path characters still gives valid FHIR ids, the same on every run."""
+    seen: dict[str, set[str]] = {}
+    src = tmp_path / "contexts.ndjson"
+    src.write_text("".join(json.dumps(context(id=cid)) + "\n" for cid in ODD_CONTEXT_IDS), encoding="utf-8")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["apply", "--package", str(package), "--batch", str(src), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert not (out / "OperationOutcome.ndjson").exists()
+    for path in sorted(out.glob("*.ndjson")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            res = json.loads(line)
+            assert FHIR_ID.fullmatch(res["id"]), res["id"]
+            for ref in re.findall(r'"reference": ?"([^"]+)"', line):
+                assert FHIR_ID.fullmatch(ref.rsplit("/", 1)[-1]), ref
+            seen.setdefault(res["resourceType"], set()).add(res["id"])
+    assert len(seen["CarePlan"]) == len(ODD_CONTEXT_IDS)  # one distinct set of ids per context id
+    r = CliRunner().invoke(main, ["apply", "--package", str(package), str(_write(tmp_path, "../x"))])
+    assert r.exit_code == 0, r.output
+    assert {x["resource"]["id"] for x in json.loads(r.output)["entry"]} <= set().union(*seen.values())
+
+
+def _write(tmp_path: Path, cid: str) -> Path:
+    p = tmp_path / "one.json"
+    p.write_text(json.dumps(context(id=cid)), encoding="utf-8")
+    return p
+
+
+def test_request_ids_stay_valid_for_any_action_id():
+    from procfhir.apply.resources import _request_id
+
+    key = "0123456789abcdef"
+    assert _request_id("sr", key, "needle-placement") == f"sr-{key}-needle-placement"  # unchanged
+    for action_id in ("step one", "../x", "a/b", "x" * 100, "é"):
+        rid = _request_id("sr", key, action_id)
+        assert FHIR_ID.fullmatch(rid) and rid == _request_id("sr", key, action_id)
+    assert _request_id("sr", key, "a/b") != _request_id("sr", key, "a b")
+
+
 def test_compiled_and_memo_give_the_same_results_as_plain_fhirpathpy(va):
     k = va.plan.k
     plain = Applier(Plan(k, memo=False, compiled=False))

@@ -19,6 +19,7 @@ from procfhir.apply.engine import Outcome, Plan, Selected, set_path
 from procfhir.apply.errors import KnowledgeError
 from procfhir.narrative import narrative, table
 
+_ID_CHARS = re.compile(r"[A-Za-z0-9\-.]+")  # what a FHIR id may hold (used with fullmatch)
 _NAME = "\x00patient-name\x00"
 _SITES = "\x00sites\x00"
 PROCEDURE_ORDER = (
@@ -102,8 +103,11 @@ def _ids(ctx_key: str) -> dict[str, str]:
 
 
 def _request_id(prefix: str, ctx_key: str, action_id: str) -> str:
+    """``{prefix}-{context key}-{action id}``; an action id that would make it no FHIR id (too long,
+    or characters other than letters, digits, ``-`` and ``.``, as another tool's plan may use) is
+    replaced by its hash, so the output id stays valid and deterministic."""
     rid = f"{prefix}-{ctx_key}-{action_id}"
-    if len(rid) > 64:
+    if len(rid) > 64 or _ID_CHARS.fullmatch(action_id) is None:  # ctx_key: a hash (or a placeholder)
         rid = f"{prefix}-{ctx_key}-{hashlib.sha256(action_id.encode()).hexdigest()[:16]}"
     return rid
 
