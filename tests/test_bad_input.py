@@ -345,6 +345,31 @@ def _(tmp: Path) -> list[str]:
     return ["review", "--no-validate", "--config", str(cfg), "--out", str(tmp / "no" / "r.html")]
 
 
+@case("review-out-user-file", says="did not write")
+def _(tmp: Path) -> list[str]:
+    cfg = project(tmp)
+    (tmp / "notes.html").write_text("<html><body>my own notes</body></html>\n")
+    return ["review", "--no-validate", "--config", str(cfg), "--out", str(tmp / "notes.html")]
+
+
+@case("review-out-folder-with-user-review-html", says="did not write")
+def _(tmp: Path) -> list[str]:
+    cfg = project(tmp)
+    (tmp / "site").mkdir()
+    (tmp / "site" / "review.html").write_text(
+        "<!DOCTYPE html>\n<html><head><title>Review</title></head></html>\n"
+    )
+    return ["review", "--no-validate", "--config", str(cfg), "--out", str(tmp / "site")]
+
+
+@case("review-out-user-symlink", says="did not write")
+def _(tmp: Path) -> list[str]:
+    cfg = project(tmp)
+    (tmp / "mine.txt").write_text("mine\n")
+    (tmp / "r.html").symlink_to(tmp / "mine.txt")
+    return ["review", "--no-validate", "--config", str(cfg), "--out", str(tmp / "r.html")]
+
+
 @case("review-mapping-duplicate-key", codes=(1, 2), says="twice")
 def _(tmp: Path) -> list[str]:
     cfg = mapping_with(tmp, lambda t: t + "document:\n  key: x\n")
@@ -382,6 +407,23 @@ def _(tmp: Path) -> list[str]:
 def _(tmp: Path) -> list[str]:
     (tmp / "m.yaml").write_text("mine")
     return ["draft", str(_draft_text(tmp, b"A procedure.\n")), "--out", str(tmp / "m.yaml")]
+
+
+@case("draft-out-force-user-file", says="did not write")
+def _(tmp: Path) -> list[str]:
+    (tmp / "m.yaml").write_text("document:\n  key: mine\n")
+    return ["draft", str(_draft_text(tmp, b"A procedure.\n")), "--out", str(tmp / "m.yaml"), "--force"]
+
+
+@case("draft-out-force-header-not-first", says="did not write")
+def _(tmp: Path) -> list[str]:
+    (tmp / "m.yaml").write_text("key: mine\n# Draft mapping of x.txt, written by `procfhir draft`.\n")
+    return ["draft", str(_draft_text(tmp, b"A procedure.\n")), "--out", str(tmp / "m.yaml"), "--force"]
+
+
+@case("draft-out-force-missing-folder", says="does not exist")
+def _(tmp: Path) -> list[str]:
+    return ["draft", str(_draft_text(tmp, b"A procedure.\n")), "--out", str(tmp / "no" / "m.yaml"), "--force"]
 
 
 @case("draft-out-under-file", codes=(1, 2), says="")
@@ -484,6 +526,26 @@ def _(tmp: Path) -> list[str]:
     (tmp / "r.json").write_text(json.dumps(PATIENT))
     (tmp / "o").mkdir()
     return ["validate", str(tmp / "r.json"), "--outcome", str(tmp / "o")]
+
+
+@case("validate-outcome-user-file", says="did not write")
+def _(tmp: Path) -> list[str]:
+    (tmp / "r.json").write_text(json.dumps(PATIENT))
+    (tmp / "o.json").write_text("my notes, not JSON\n")
+    return ["validate", str(tmp / "r.json"), "--outcome", str(tmp / "o.json")]
+
+
+@case("validate-outcome-user-json", says="not an OperationOutcome")
+def _(tmp: Path) -> list[str]:
+    (tmp / "r.json").write_text(json.dumps(PATIENT))
+    (tmp / "o.json").write_text(json.dumps(PATIENT))  # a resource of the user's: never overwritten
+    return ["validate", str(tmp / "r.json"), "--outcome", str(tmp / "o.json")]
+
+
+@case("validate-outcome-is-the-input", says="did not write")
+def _(tmp: Path) -> list[str]:
+    (tmp / "r.json").write_text(json.dumps(PATIENT))
+    return ["validate", str(tmp / "r.json"), "--outcome", str(tmp / "r.json")]
 
 
 # ---------------------------------------- apply

@@ -149,12 +149,18 @@ def test_build_refuses_a_draft_listing_every_undecided_entry(tmp_path: Path) -> 
     assert not (tmp_path / "out").exists()
 
 
-def test_draft_never_overwrites_without_force(tmp_path: Path) -> None:
+def test_draft_never_overwrites_without_force_nor_a_file_not_ours(tmp_path: Path) -> None:
     out = tmp_path / "mine.yaml"
     out.write_text("decisions: kept\n")
     run = draft_cli(str(TEXTS["lumbar-puncture"]), "--out", str(out))
-    assert run.returncode == 1 and "exists" in run.stderr and out.read_text() == "decisions: kept\n"
-    assert draft_cli(str(TEXTS["lumbar-puncture"]), "--out", str(out), "--force").returncode == 0
+    assert run.returncode == 2 and "exists" in run.stderr and out.read_text() == "decisions: kept\n"
+    forced = draft_cli(str(TEXTS["lumbar-puncture"]), "--out", str(out), "--force")  # not a draft of ours
+    assert (
+        forced.returncode == 2 and "did not write" in forced.stderr and out.read_text() == "decisions: kept\n"
+    )
+    ours = tmp_path / "draft.yaml"
+    assert draft_cli(str(TEXTS["lumbar-puncture"]), "--out", str(ours)).returncode == 0
+    assert draft_cli(str(TEXTS["lumbar-puncture"]), "--out", str(ours), "--force").returncode == 0
     missing = draft_cli(str(tmp_path / "nope.txt"))
     assert missing.returncode == 1 and "source text not found" in missing.stderr
     assert "Traceback" not in missing.stderr

@@ -99,3 +99,39 @@ def test_write_file_never_replaces_a_file_it_did_not_write(tmp_path: Path) -> No
     write_file(target, b"new", may_replace=lambda p: True)
     assert target.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.json"]
+
+
+def test_single_output_files_replace_only_our_own_earlier_output(tmp_path: Path) -> None:
+    """review --out, validate --outcome and draft --out --force rewrite a file they wrote before
+    (recognised by its content: our page marker, an OperationOutcome, our draft header), and refuse
+    the same name once the user has put something else there; nothing is left behind."""
+    from click.testing import CliRunner
+
+    from procfhir.cli import main
+    from procfhir.review import PAGE_MARKER
+
+    runner = CliRunner()
+    patient = tmp_path / "p.json"
+    patient.write_text('{"resourceType": "Patient", "id": "p1"}')
+    text = tmp_path / "new-procedure.txt"
+    text.write_text("A procedure.\n\nThe doctor numbs the skin.\n")
+    commands = {
+        "review.html": ["review", "--no-validate", "--out", str(tmp_path / "review.html")],
+        "outcome.json": ["validate", str(patient), "--outcome", str(tmp_path / "outcome.json")],
+        "draft.yaml": ["draft", str(text), "--out", str(tmp_path / "draft.yaml"), "--force"],
+    }
+    for name, args in commands.items():
+        target = tmp_path / name
+        for _ in range(2):  # missing, then ours: written both times
+            r = runner.invoke(main, args)
+            assert r.exit_code in (0, 1), (name, r.output)
+            assert target.is_file()
+        first = target.read_bytes()
+        if name == "review.html":
+            assert PAGE_MARKER.encode() in first[:4096]
+        target.write_bytes(first.replace(b"procfhir", b"someone-else", 3) + b"\nmy notes\n")
+        mine = target.read_bytes()
+        r = runner.invoke(main, args)
+        assert r.exit_code == 2 and "did not write" in r.output, (name, r.output)
+        assert target.read_bytes() == mine
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["p.json", "new-procedure.txt", *commands])

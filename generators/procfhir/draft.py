@@ -267,13 +267,17 @@ def _q(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+# In the first line of every draft: `procfhir draft --out FILE --force` replaces only a file holding it.
+HEADER_MARK = "written by `procfhir draft`"
+
+
 def render(d: Draft, out: Path | None = None) -> str:
     """The draft as YAML; ``document.text`` is relative to ``out``'s folder (or to the cwd)."""
     base = out.resolve().parent if out is not None else Path.cwd()
     text_ref = os.path.relpath(d.source.path.resolve(), base)
     title = d.source.title
     lines = [
-        f"# Draft mapping of {d.source.path.name}, written by `procfhir draft`.",
+        f"# Draft mapping of {d.source.path.name}, {HEADER_MARK}.",
         "#",
         "# Every sentence and heading of the text is listed under `draft`, with its id, its line in the",
         "# text and its exact words (`quote`). For each: decide what it is, write it as the real",

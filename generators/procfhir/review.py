@@ -25,6 +25,9 @@ from typing import Any
 
 from procfhir.model import Document
 
+# In the head of every review page: `procfhir review --out` replaces only a file that holds it.
+PAGE_MARKER = '<meta name="generator" content="procfhir review">'
+
 # Where an element went, by resource type; the first category found colours a sentence.
 _CATEGORIES = (
     ("plan", "plan / activity", ("PlanDefinition", "ActivityDefinition")),
@@ -804,7 +807,8 @@ def render_review(result: Any, *, validated: bool | None = None) -> str:
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{_e(csp)}">'
+        + PAGE_MARKER
+        + f'<meta http-equiv="Content-Security-Policy" content="{_e(csp)}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>Review: {_e(title)}</title><style>{_CSS}</style></head><body>"
         + _header(result)

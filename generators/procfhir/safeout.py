@@ -123,15 +123,20 @@ def replace_folder(out_dir: str | Path, files: dict[str, bytes], *, replace: boo
     return Path(out_dir).absolute()
 
 
-def write_file(path: str | Path, data: bytes, *, may_replace: Callable[[Path], bool] | None = None) -> None:
+def write_file(
+    path: str | Path,
+    data: bytes,
+    *,
+    may_replace: Callable[[Path], bool] | None = None,
+    what: str = "",
+    parents: bool = True,
+) -> None:
     """Write one file atomically (temporary sibling, then rename).
 
-    An existing file is replaced only when ``may_replace(path)`` says it is ours (default: never)."""
-    p = Path(path)
-    if p.is_dir():
-        raise OutputRefused(f"{p}: is a folder; give a file name")
-    if (p.exists() or p.is_symlink()) and (not p.is_file() or may_replace is None or not may_replace(p)):
-        raise OutputRefused(f"{p}: exists and procfhir did not write it; choose another name")
+    An existing file is replaced only when ``may_replace(path)`` says it is ours (default: never);
+    ``what`` names what we write (said in the refusal). Missing parent folders are made only when
+    ``parents``."""
+    p = check_file(path, may_replace=may_replace, what=what, parents=parents)
     parent = p.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +146,7 @@ def write_file(path: str | Path, data: bytes, *, may_replace: Callable[[Path], b
     except OSError as exc:
         raise OutputRefused(f"{p}: cannot write in {parent}: {exc.strerror or exc}") from None
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the file is meant to be read like any other
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, p)
@@ -150,3 +156,53 @@ def write_file(path: str | Path, data: bytes, *, may_replace: Callable[[Path], b
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_file(
+    path: str | Path,
+    *,
+    may_replace: Callable[[Path], bool] | None = None,
+    what: str = "",
+    parents: bool = True,
+) -> Path:
+    """Refuse ``path`` (:class:`OutputRefused`) unless it is missing or a file ``may_replace`` says
+    is ours; :func:`write_file` checks this again when it writes (call it early to fail fast)."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputRefused(f"{p}: is a folder; give a file name")
+    if (p.exists() or p.is_symlink()) and (not p.is_file() or may_replace is None or not may_replace(p)):
+        ours = f" ({what})" if what else ""
+        raise OutputRefused(
+            f"{p}: exists and procfhir did not write it{ours}; procfhir replaces only a file it wrote "
+            "before. Choose another name, or move the file away."
+        )
+    parent = p.absolute().parent
+    if not parents and not parent.is_dir():
+        raise OutputRefused(f"{p}: the folder {parent} does not exist; create it or choose another place")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# is an existing file one we wrote? (the ``may_replace`` tests of the commands' single files)
+
+MAX_OURS_BYTES = 256 * 1024 * 1024
+
+
+def is_json_resource(path: Path, resource_type: str) -> bool:
+    """The file is strict JSON holding one FHIR resource of ``resource_type`` (what we write)."""
+    from procfhir.strictio import StrictInputError, read_json
+
+    try:
+        obj = read_json(path, max_bytes=MAX_OURS_BYTES)
+    except StrictInputError:
+        return False
+    return isinstance(obj, dict) and obj.get("resourceType") == resource_type
+
+
+def starts_with(path: Path, marker: bytes, within: int = 4096) -> bool:
+    """``marker`` occurs in the first ``within`` bytes of the file (our header or meta tag)."""
+    try:
+        with open(path, "rb") as f:
+            return marker in f.read(max(within, len(marker)))
+    except OSError:
+        return False

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -34,15 +32,25 @@ def command(text: Path, out: Path | None, code_files: tuple[Path, ...], key: str
     quote, the suggested kind and candidate codes, each marked for a person to decide."""
     from procfhir.codesources import default_sources, known_codes, source_for
     from procfhir.config import PROJECT_ROOT
-    from procfhir.draft import draft, render
+    from procfhir.draft import HEADER_MARK, draft, render
     from procfhir.errors import BuildError
+    from procfhir.safeout import OutputRefused, check_file, starts_with, write_file
+
+    def ours(path: Path) -> bool:  # a draft we wrote before (its first line says so)
+        head = b"# Draft mapping of "
+        return starts_with(path, head, within=len(head)) and starts_with(
+            path, HEADER_MARK.encode(), within=1024
+        )
 
     if out is not None and out.exists() and not force:
         click.echo(f"draft failed: {out} exists (it may hold decisions); use --force to overwrite", err=True)
-        sys.exit(1)
-    if out is not None and not out.parent.resolve().is_dir():
-        click.echo(f"draft failed: folder {out.parent} does not exist", err=True)
-        sys.exit(1)
+        sys.exit(2)
+    if out is not None:
+        try:
+            check_file(out, may_replace=ours, what="not a draft mapping", parents=False)
+        except OutputRefused as exc:
+            click.echo(f"draft failed: {exc}", err=True)
+            sys.exit(2)
     try:
         sources = [source_for(p) for p in code_files] if code_files else default_sources(PROJECT_ROOT)
         result = draft(text, known_codes(sources), key=key)
@@ -53,14 +61,10 @@ def command(text: Path, out: Path | None, code_files: tuple[Path, ...], key: str
     if out is None:
         click.echo(page, nl=False)
         return
-    fd, tmp = tempfile.mkstemp(prefix=".draft-", suffix=".tmp", dir=out.resolve().parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_file(out, page.encode("utf-8"), may_replace=ours, what="not a draft mapping", parents=False)
+    except OutputRefused as exc:
+        click.echo(f"draft failed: {exc}", err=True)
+        sys.exit(2)
     undecided = sum(1 for e in result.entries if e.segment is not result.source.title)
     click.echo(f"wrote {out}: {len(result.entries)} segments, {undecided} to decide")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +58,19 @@ def command(
     result. With --sign-off --reviewer NAME, first record the review lock of the current text."""
     from procfhir.build import build, validation_findings
     from procfhir.errors import BuildError
-    from procfhir.review import render_review
+    from procfhir.review import PAGE_MARKER, render_review
+    from procfhir.safeout import OutputRefused, check_file, starts_with, write_file
 
     target = out / "review.html" if out.is_dir() else out
-    if not target.parent.is_dir():
-        click.echo(f"review failed: folder {target.parent} does not exist", err=True)
-        sys.exit(1)
+
+    def ours(path: Path) -> bool:  # a review page we wrote before
+        return starts_with(path, PAGE_MARKER.encode())
+
+    try:
+        check_file(target, may_replace=ours, what="not a review page", parents=False)
+    except OutputRefused as exc:
+        click.echo(f"review failed: {exc}", err=True)
+        sys.exit(2)
     if not sign_off and (reviewer or documents or at or yes):
         click.echo("review failed: --reviewer, --document, --at and --yes go with --sign-off", err=True)
         sys.exit(2)
@@ -85,18 +90,10 @@ def command(
             click.echo(f"warning: the validator is not available ({exc}); no validation results", err=True)
     page = render_review(result, validated=validated).encode()
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".review-", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(page)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        click.echo(f"review failed: cannot write {target}: {exc.strerror or exc}", err=True)
-        sys.exit(1)
+        write_file(target, page, may_replace=ours, what="not a review page", parents=False)
+    except OutputRefused as exc:
+        click.echo(f"review failed: {exc}", err=True)
+        sys.exit(2)
     errors = sum(1 for _ref, i in result.validation if getattr(i, "severity", "") in ("error", "fatal"))
     warnings = sum(1 for _ref, i in result.validation if getattr(i, "severity", "") == "warning")
     summary = f"{errors} error(s), {warnings} warning(s)" if validated else "not validated"

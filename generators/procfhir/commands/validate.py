@@ -7,12 +7,12 @@ cannot be written). The OperationOutcome is written in every case."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
+
+from procfhir.safeout import OutputRefused, check_file, is_json_resource, write_file
 
 
 @click.command(name="validate")
@@ -75,6 +75,13 @@ def command(
     from procfhir.validator.issues import has_errors, summary, to_operation_outcome
     from procfhir.validator.run import run
 
+    if outcome_path and outcome_path != "-":
+        try:  # before validating: a file that is not ours is refused at once
+            check_file(outcome_path, may_replace=_our_outcome, what="not an OperationOutcome", parents=False)
+        except OutputRefused as exc:
+            click.echo(f"error: cannot write the OperationOutcome: {exc}", err=True)
+            sys.exit(2)
+
     result = run(list(paths), profile=profile, definitions=list(definitions), workers=workers, strict=strict)
     issues = result.issues
     shown = [i for i in issues if not quiet or i.severity != "information"]
@@ -85,21 +92,17 @@ def command(
         sys.exit(code)
     click.echo(summary(shown, result.resources))
     if outcome_path:
+        data = (json.dumps(outcome, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
         try:
-            _write_atomically(Path(outcome_path), outcome)
-        except OSError as exc:
-            click.echo(f"error: cannot write the OperationOutcome to {outcome_path}: {exc}", err=True)
+            write_file(
+                outcome_path, data, may_replace=_our_outcome, what="not an OperationOutcome", parents=False
+            )
+        except OutputRefused as exc:
+            click.echo(f"error: cannot write the OperationOutcome: {exc}", err=True)
             sys.exit(2)
     sys.exit(code)
 
 
-def _write_atomically(target: Path, outcome: dict[str, object]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".outcome-", dir=target.resolve().parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(outcome, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _our_outcome(path: Path) -> bool:
+    """An existing --outcome file is replaced only when it holds an OperationOutcome (what we write)."""
+    return is_json_resource(path, "OperationOutcome")
