@@ -328,18 +328,27 @@ def binding(v: Validator, value: Any, node: Node, tcode: str, loc: str, ctx: Ctx
             msg = f"code {value!r} is not in the {strength} value set {vs_url}"
             ctx.add(severity, loc, msg, "code-invalid", mid=M.TX_NOT_IN_VALUESET)
         return
-    codings = [value] if tcode == "Coding" else (value.get("coding") or [] if isinstance(value, dict) else [])
+    codings = [value] if tcode == "Coding" else _coding_list(value)
     codings = [c for c in codings if isinstance(c, dict)]
     if not codings:
         if strength == "required" and not (isinstance(value, dict) and value.get("text")):
             msg = f"no code given: a code from the required value set {vs_url} is needed"
             ctx.add("error", loc, msg, "code-invalid", mid=M.TX_NO_CODE)
         return
-    if any((c.get("system"), c.get("code")) in codes for c in codings):
+    if any((c.get("system"), c.get("code")) in codes for c in codings if _hashable(c)):
         return
     shown = ", ".join(f"{c.get('system')}#{c.get('code')}" for c in codings)
     msg = f"none of the codes ({shown}) is in the {strength} value set {vs_url}"
     ctx.add(severity, loc, msg, "code-invalid", mid=M.TX_NOT_IN_VALUESET)
+
+
+def _coding_list(value: Any) -> list[Any]:
+    got = value.get("coding") if isinstance(value, dict) else None
+    return got if isinstance(got, list) else []
+
+
+def _hashable(coding: dict[str, Any]) -> bool:
+    return all(isinstance(coding.get(k), str | None) for k in ("system", "code"))
 
 
 def _codes_only(v: Validator, vs_url: str, codes: frozenset[tuple[str, str]]) -> frozenset[str]:
@@ -365,7 +374,7 @@ def _grammar_binding(
             msg = f"{value!r} is not a valid code of {', '.join(grammar)} ({strength} binding to {vs_url})"
             ctx.add(severity, loc, msg, "code-invalid", mid=M.TX_GRAMMAR)
         return
-    codings = [value] if tcode == "Coding" else (value.get("coding") or []) if isinstance(value, dict) else []
+    codings = [value] if tcode == "Coding" else _coding_list(value)
     for c in codings:
         ok = isinstance(c, dict) and c.get("system") in grammar and isinstance(c.get("code"), str)
         if ok and grammar[c["system"]].fullmatch(c["code"]):
@@ -433,13 +442,14 @@ def reference(
     if ref.startswith("#"):
         cid = ref[1:]
         if cid:
-            contained = ctx.root.get("contained") or []
+            contained = ctx.root.get("contained")
+            contained = contained if isinstance(contained, list) else []
             hit = next((c for c in contained if isinstance(c, dict) and c.get("id") == cid), None)
             if hit is None:
                 msg = f"{ref!r} refers to no contained resource"
                 ctx.add("error", f"{loc}.reference", msg, "not-found", mid=M.REF_CONTAINED_MISSING)
                 return
-            rtype = hit.get("resourceType")
+            rtype = hit.get("resourceType") if isinstance(hit.get("resourceType"), str) else None
     elif ref.startswith(("urn:uuid:", "urn:oid:")):
         if not _URN.fullmatch(ref):
             msg = f"malformed {ref[:8]} reference {ref!r}"
@@ -648,9 +658,10 @@ def differential(v: Validator, sd: dict[str, Any], loc: str, ctx: Ctx, contained
     applied all the same (as the HL7 snapshot generator does) and reported as a warning."""
     from procfhir.validator.snapshot import SnapshotError, generate_snapshot
 
-    if sd.get("derivation") != "constraint" or not isinstance(
-        (sd.get("differential") or {}).get("element"), list
-    ):
+    diff = sd.get("differential")
+    if sd.get("derivation") != "constraint" or not isinstance(diff, dict):
+        return
+    if not isinstance(diff.get("element"), list):
         return
     order: list[str] = []
     try:

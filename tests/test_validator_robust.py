@@ -1,0 +1,100 @@
+"""No input gives a traceback: the R4 examples mutated at random (every value replaced in turn by
+values of the wrong JSON type, profiles and extensions pointed at odd definitions) go through the
+validator without an exception and without an internal error; each failure is an issue."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from procfhir import fhircache
+
+ODD: list[Any] = [None, [], {}, [None], 1.5, -1, True, "", " x ", "\u00a0", {"id": "x"}, [[1]], "#"]
+ODD += ["urn:uuid:x", -1e308, 2**70]
+
+
+def _paths(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [at]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _paths(v, (*at, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _paths(v, (*at, i))
+    return out
+
+
+def _set(root: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    cur = root
+    for p in path[:-1]:
+        cur = cur[p]
+    cur[path[-1]] = new
+    return root
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[dict[str, Any]]:
+    if not fhircache.is_filled():
+        pytest.skip("FHIR package cache not filled")
+    files = [f for f in sorted(fhircache.examples_dir().glob("*.json")) if f.name != "package.json"]
+    small = [f for f in files if f.stat().st_size < 20000][::60]
+    return [json.loads(f.read_text()) for f in small]
+
+
+def test_mutated_examples_give_issues_not_tracebacks(samples: list[dict[str, Any]]) -> None:
+    from procfhir.validator import Validator
+
+    rng = random.Random(12)
+    v = Validator()
+    runs = 0
+    internal = []
+    for res in samples:
+        paths = _paths(res)
+        for path in rng.sample(paths, min(12, len(paths))):
+            for odd in rng.sample(ODD, 4):
+                mutated = _set(copy.deepcopy(res), path, copy.deepcopy(odd))
+                issues = v.validate(mutated)  # must not raise
+                runs += 1
+                internal += [(path, odd, i) for i in issues if i.message_id == "INTERNAL_ERROR"]
+    assert runs > 1000
+    assert not internal, internal[:5]
+
+
+def test_odd_definitions_give_issues_not_tracebacks(tmp_path: Path) -> None:
+    """Profiles and extensions that are no usable StructureDefinition: issues on the resource."""
+    from procfhir.validator import Validator
+
+    bad_defs: list[dict[str, Any]] = [
+        {"resourceType": "StructureDefinition", "url": "http://x.test/p1", "type": "Patient"},
+        {
+            "resourceType": "StructureDefinition",
+            "url": "http://x.test/p2",
+            "type": "Patient",
+            "baseDefinition": "http://x.test/p2",
+            "derivation": "constraint",
+            "differential": {"element": [{"id": "Patient.name", "min": "one"}]},
+        },
+        {
+            "resourceType": "StructureDefinition",
+            "url": "http://x.test/p3",
+            "type": "Patient",
+            "snapshot": {"element": [{"id": "Patient"}, {"path": "Patient.x", "max": "many"}]},
+        },
+        {"resourceType": "ValueSet", "url": "http://x.test/p4"},
+    ]
+    v = Validator(extra_definitions=bad_defs)
+    for d in bad_defs:
+        patient = {
+            "resourceType": "Patient",
+            "meta": {"profile": [d["url"]]},
+            "extension": [{"url": d["url"], "valueString": "x"}],
+        }
+        issues = v.validate(patient)
+        assert issues and all(i.message_id != "INTERNAL_ERROR" for i in issues), issues
