@@ -321,7 +321,7 @@ def test_review_command_writes_the_page(built: BuildResult, tmp_path: Path) -> N
 
     missing = tmp_path / "no" / "such" / "folder" / "page.html"
     proc = run_cli("review", "--out", str(missing))
-    assert proc.returncode == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # --- sign-off states ---------------------------------------------------------------------------
