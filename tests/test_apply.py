@@ -560,6 +560,98 @@ def test_folder_tgz_and_bundle_give_the_same_output(tmp_path):
         assert _outputs(bundle, plan + "|0.1.0", contexts) == expected
 
 
+def test_package_readers_are_strict_and_bounded(package, tmp_path, monkeypatch):
+    """--package reads folders, .tgz and Bundles like every other input: strict JSON, a size limit
+    per file and member (checked on the tar header, before reading) and on the inflated package."""
+    import gzip
+    import io
+    import tarfile
+
+    from procfhir.apply import knowledge
+
+    resources = pk.vertebral_package()
+    good = pk.write_tgz(resources, tmp_path / "good.tgz")
+    assert knowledge.read_resources(good).plans == knowledge.read_resources(package).plans
+    huge = tarfile.TarInfo("package/PlanDefinition-huge.json")
+    huge.size = 4 * 1024**3  # announced 4 GiB, never sent: refused on the header alone
+    (tmp_path / "huge.tgz").write_bytes(gzip.compress(huge.tobuf()))
+    with pytest.raises(KnowledgeError, match="4,294,967,296 bytes, more than 268,435,456 accepted"):
+        knowledge.read_resources(tmp_path / "huge.tgz")
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for i in range(3):  # 3 x 1 MiB of spaces, a few KiB compressed
+            info = tarfile.TarInfo(f"package/blob-{i}.bin")
+            info.size = 1024 * 1024
+            tar.addfile(info, io.BytesIO(b" " * info.size))
+    (tmp_path / "bomb.tgz").write_bytes(gzip.compress(raw.getvalue()))
+    assert (tmp_path / "bomb.tgz").stat().st_size < 64 * 1024
+    monkeypatch.setattr(knowledge, "MAX_PACKAGE_BYTES", 2 * 1024 * 1024)
+    with pytest.raises(KnowledgeError, match="unpacks to more than 2,097,152 bytes"):
+        knowledge.read_resources(tmp_path / "bomb.tgz")
+    folder = pk.write_folder(resources, tmp_path / "folder")
+    plan_file = next(folder.glob("PlanDefinition-*.json"))
+    text = plan_file.read_text(encoding="utf-8")
+    for bad, words in (
+        (text.replace('"status":', '"status": "draft", "status":', 1), "appears twice"),
+        (text.replace('"status":', '"x": NaN, "status":', 1), "NaN"),
+        ("[" * 100_000 + "]" * 100_000, "nested deeper"),
+    ):
+        plan_file.write_text(bad, encoding="utf-8")
+        with pytest.raises(KnowledgeError, match=words):
+            knowledge.read_resources(folder)
+        bundle = tmp_path / "bundle.json"
+        bundle.write_text(bad.replace('"resourceType": "PlanDefinition"', '"resourceType": "Bundle"', 1))
+        with pytest.raises(KnowledgeError, match=words):
+            knowledge.read_resources(bundle)
+        r = CliRunner().invoke(
+            main, ["apply", "--package", str(folder), str(FIXTURES / "context-kyphoplasty.json")]
+        )
+        assert r.exit_code == 1 and words in r.output and "Traceback" not in r.output
+
+
+def test_package_from_a_server_is_read_strictly_and_bounded(monkeypatch):
+    """A server's answers are read like files: strict JSON, and a size limit after gzip inflation
+    (a loopback server sends what HAPI never would: NaN, duplicate keys, a gzip bomb)."""
+    import gzip
+    import http.server
+    import threading
+
+    from procfhir.apply import knowledge, server
+
+    bomb = gzip.compress(b" " * (8 * 1024 * 1024))  # 8 MiB of spaces in a few KiB
+    answers = {
+        "/nan": (b'{"resourceType": "Bundle", "type": "searchset", "total": NaN}', {}),
+        "/dup": (b'{"resourceType": "Bundle", "type": "searchset", "type": "batch"}', {}),
+        "/bomb": (bomb, {"Content-Encoding": "gzip"}),
+    }
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body, headers = answers[self.path.split("/PlanDefinition")[0]]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setattr(server, "MAX_ANSWER_BYTES", 1024 * 1024)
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        for path, words in (("/nan", "NaN"), ("/dup", "appears twice"), ("/bomb", "larger than 1,048,576")):
+            with pytest.raises(KnowledgeError, match=words):
+                knowledge.read_resources(base + path, PLAN_URL)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_the_committed_package_files_agree():
     """fhir/ as a folder, as its NPM package and as its Bundle: one plan, the same output."""
     fhir = Path(__file__).resolve().parent.parent / "fhir"

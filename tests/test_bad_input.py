@@ -633,6 +633,76 @@ def _(tmp: Path) -> list[str]:
     return ["apply", str(CONTEXT), "--package", str(tmp / "p.tgz")]
 
 
+@case(
+    "apply-package-tgz-member-too-large",
+    codes=(1, 2),
+    says="accepted",
+    patch={"procfhir.apply.knowledge:MAX_FILE_BYTES": 100},
+)
+def _(tmp: Path) -> list[str]:
+    plan = {"resourceType": "PlanDefinition", "id": "p", "title": "a" * 200}
+    (tmp / "p.tgz").write_bytes(_tgz({"package/PlanDefinition-p.json": json.dumps(plan).encode()}))
+    return ["apply", str(CONTEXT), "--package", str(tmp / "p.tgz")]
+
+
+@case(
+    "apply-package-tgz-gzip-bomb",
+    codes=(1, 2),
+    says="unpacks to more than",
+    patch={"procfhir.apply.knowledge:MAX_PACKAGE_BYTES": 64 * 1024},
+)
+def _(tmp: Path) -> list[str]:
+    (tmp / "p.tgz").write_bytes(_tgz({"package/x.json": b" " * (4 * 1024 * 1024)}))  # 4 MiB from ~4 KiB
+    return ["apply", str(CONTEXT), "--package", str(tmp / "p.tgz")]
+
+
+@case("apply-package-tgz-duplicate-key", codes=(1, 2), says="twice")
+def _(tmp: Path) -> list[str]:
+    data = b'{"resourceType": "PlanDefinition", "id": "p", "id": "q"}'
+    (tmp / "p.tgz").write_bytes(_tgz({"package/PlanDefinition-p.json": data}))
+    return ["apply", str(CONTEXT), "--package", str(tmp / "p.tgz")]
+
+
+@case("apply-package-tgz-nan", codes=(1, 2), says="NaN")
+def _(tmp: Path) -> list[str]:
+    data = b'{"resourceType": "ValueSet", "id": "v", "version": NaN}'
+    (tmp / "p.tgz").write_bytes(_tgz({"package/ValueSet-v.json": data}))
+    return ["apply", str(CONTEXT), "--package", str(tmp / "p.tgz")]
+
+
+def _package_folder(tmp: Path, data: bytes) -> list[str]:
+    (tmp / "pkg").mkdir()
+    (tmp / "pkg" / "PlanDefinition-p.json").write_bytes(data)
+    return ["apply", str(CONTEXT), "--package", str(tmp / "pkg")]
+
+
+for _name, _data, _says in BAD_JSON:
+    if _name in ("array", "string", "null"):  # a folder's non-resource JSON (package.json...) is skipped
+        continue
+
+    def _pfsetup(tmp: Path, data: bytes = _data) -> list[str]:
+        return _package_folder(tmp, data)
+
+    CASES.append(Case(f"apply-package-folder-{_name}", _pfsetup, (1, 2), _says))
+
+
+@case("apply-package-bundle-duplicate-key", codes=(1, 2), says="twice")
+def _(tmp: Path) -> list[str]:
+    (tmp / "b.json").write_bytes(b'{"resourceType": "Bundle", "type": "collection", "type": "batch"}')
+    return ["apply", str(CONTEXT), "--package", str(tmp / "b.json")]
+
+
+@case(
+    "apply-package-bundle-too-large",
+    codes=(1, 2),
+    says="larger than",
+    patch={"procfhir.apply.knowledge:MAX_FILE_BYTES": 10},
+)
+def _(tmp: Path) -> list[str]:
+    (tmp / "b.json").write_text(json.dumps({"resourceType": "Bundle", "type": "collection"}))
+    return ["apply", str(CONTEXT), "--package", str(tmp / "b.json")]
+
+
 # ---------------------------------------- upload (inputs)
 
 

@@ -10,14 +10,17 @@ the plan needs (its body sites, complications, consent form...).
 
 from __future__ import annotations
 
-import json
+import gzip
+import io
 import tarfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from procfhir.apply.errors import KnowledgeError
+from procfhir.strictio import StrictInputError, loads_json, read_bytes
 
 TYPES = ("PlanDefinition", "ActivityDefinition", "ValueSet", "CodeSystem", "Consent", "StructureDefinition")
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -72,43 +75,94 @@ class Resources:
         return res
 
 
+# Limits on what a package may hold: one resource file (or .tgz member), and everything read from
+# one package (after gzip inflation), checked while reading, so a huge member or a gzip bomb is
+# refused without being held in memory.
+MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_PACKAGE_BYTES = 1024 * 1024 * 1024
+
+
 def _json(data: bytes, origin: str) -> Any:
+    """Strict JSON (:mod:`procfhir.strictio`): duplicate keys, NaN, deep nesting... are errors."""
     try:
-        return json.loads(data)
-    except ValueError as exc:
-        raise KnowledgeError(f"{origin}: not a JSON file: {exc}") from None
+        return loads_json(data, origin)
+    except StrictInputError as exc:
+        raise KnowledgeError(str(exc)) from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return read_bytes(path, max_bytes=MAX_FILE_BYTES, what="FHIR resource file")
+    except StrictInputError as exc:
+        raise KnowledgeError(str(exc)) from None
 
 
 def _from_folder(folder: Path, out: Resources) -> None:
-    paths = sorted(folder.glob("*.json"))
+    paths = sorted(p for p in folder.glob("*.json") if not p.is_dir())
     if not paths:
         raise KnowledgeError(f"{folder}: no FHIR resource (*.json) in the folder")
+    total = 0
     for path in paths:
-        try:
-            res = _json(path.read_bytes(), str(path))
-        except OSError as exc:
-            raise KnowledgeError(f"{path}: cannot read the file: {exc}") from None
+        data = _read(path)
+        total += len(data)
+        if total > MAX_PACKAGE_BYTES:
+            raise KnowledgeError(
+                f"{folder}: the package holds more than {MAX_PACKAGE_BYTES:,} bytes: refused"
+            )
+        res = _json(data, str(path))
         if isinstance(res, dict):  # a Bundle beside the files repeats them: only the files count
             out.add(res, str(path))
 
 
+class _Inflated(io.RawIOBase):
+    """The inflated bytes of a gzip file, refused (:class:`KnowledgeError`) beyond ``limit``."""
+
+    def __init__(self, gz: gzip.GzipFile, limit: int, where: str) -> None:
+        self.gz, self.limit, self.where, self.count = gz, limit, where, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.gz.read(min(len(b), self.limit + 1 - self.count))
+        self.count += len(data)
+        if self.count > self.limit:
+            raise KnowledgeError(
+                f"{self.where}: the package unpacks to more than {self.limit:,} bytes: refused"
+            )
+        b[: len(data)] = data
+        return len(data)
+
+
 def _from_tgz(path: Path, out: Resources) -> None:
+    found: list[tuple[str, bytes]] = []
     try:
-        with tarfile.open(path, "r:gz") as tar:
-            for member in sorted(tar.getmembers(), key=lambda m: m.name):
-                name = member.name
-                if not member.isfile() or not name.endswith(".json") or name.rsplit("/", 1)[-1][:1] == ".":
-                    continue
-                if not name.startswith("package/") or name.startswith("package/example/"):
-                    continue  # the package's own resources; examples are not knowledge
-                f = tar.extractfile(member)
-                if f is None:
-                    continue
-                res = _json(f.read(), f"{path}:{name}")
-                if isinstance(res, dict):
-                    out.add(res, f"{path}:{name}")
-    except (OSError, tarfile.TarError) as exc:
+        with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+            stream = io.BufferedReader(_Inflated(gz, MAX_PACKAGE_BYTES, str(path)), 1024 * 1024)
+            with tarfile.open(fileobj=stream, mode="r|") as tar:  # one pass, nothing held but members
+                for member in tar:
+                    name = member.name
+                    if (
+                        not member.isfile()
+                        or not name.endswith(".json")
+                        or name.rsplit("/", 1)[-1][:1] == "."
+                    ):
+                        continue
+                    if not name.startswith("package/") or name.startswith("package/example/"):
+                        continue  # the package's own resources; examples are not knowledge
+                    if member.size > MAX_FILE_BYTES:
+                        raise KnowledgeError(
+                            f"{path}:{name}: {member.size:,} bytes, more than {MAX_FILE_BYTES:,} accepted"
+                        )
+                    f = tar.extractfile(member)
+                    if f is not None:
+                        found.append((name, f.read(MAX_FILE_BYTES + 1)))
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
         raise KnowledgeError(f"{path}: not a readable .tgz package: {exc}") from None
+    for name, data in sorted(found):
+        res = _json(data, f"{path}:{name}")
+        if isinstance(res, dict):
+            out.add(res, f"{path}:{name}")
 
 
 def _from_bundle(bundle: Any, origin: str, out: Resources) -> None:
@@ -135,11 +189,7 @@ def read_resources(source: str | Path | None = None, plan: str | None = None) ->
     elif path.name.endswith((".tgz", ".tar.gz")):
         _from_tgz(path, out)
     else:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise KnowledgeError(f"{path}: cannot read the file: {exc}") from None
-        _from_bundle(_json(data, str(path)), str(path), out)
+        _from_bundle(_json(_read(path), str(path)), str(path), out)
     return out
 
 

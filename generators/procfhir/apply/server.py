@@ -11,9 +11,11 @@ from typing import Any
 
 from procfhir.apply.errors import KnowledgeError
 from procfhir.apply.knowledge import Resources
+from procfhir.strictio import StrictInputError, loads_json
 
 _HEADERS = {"Accept": "application/fhir+json"}
 _MAX_PAGES = 50
+MAX_ANSWER_BYTES = 256 * 1024 * 1024  # one search page, after gzip inflation
 
 
 def _search(base: str, rtype: str, params: dict[str, str]) -> list[dict[str, Any]]:
@@ -26,15 +28,17 @@ def _search(base: str, rtype: str, params: dict[str, str]) -> list[dict[str, Any
         if url is None:
             break
         try:
-            resp = requests.get(url, params=query, headers=_HEADERS, timeout=60)
+            with requests.get(url, params=query, headers=_HEADERS, timeout=60, stream=True) as resp:
+                body = _body(resp)
         except requests.RequestException as exc:
             raise KnowledgeError(f"{base}: the server cannot be reached: {exc}") from None
         if resp.status_code != 200:
-            raise KnowledgeError(f"{resp.url}: the server answered {resp.status_code}: {resp.text[:300]}")
+            shown = body[:300].decode("utf-8", "replace")
+            raise KnowledgeError(f"{resp.url}: the server answered {resp.status_code}: {shown}")
         try:
-            bundle = resp.json()
-        except ValueError:
-            raise KnowledgeError(f"{resp.url}: the answer is not JSON") from None
+            bundle = loads_json(body, resp.url)
+        except StrictInputError as exc:
+            raise KnowledgeError(f"the answer is not valid JSON: {exc}") from None
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise KnowledgeError(f"{resp.url}: the answer is not a searchset Bundle")
         for e in bundle.get("entry") or []:
@@ -46,6 +50,18 @@ def _search(base: str, rtype: str, params: dict[str, str]) -> list[dict[str, Any
         )
         query = None
     return out
+
+
+def _body(resp: Any) -> bytes:
+    """The answer's bytes (after gzip inflation), refused beyond :data:`MAX_ANSWER_BYTES`."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in resp.iter_content(1024 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise KnowledgeError(f"{resp.url}: the answer is larger than {MAX_ANSWER_BYTES:,} bytes: refused")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _canonicals(node: Any, key: str, out: set[str]) -> None:
