@@ -606,7 +606,7 @@ def test_package_readers_are_strict_and_bounded(package, tmp_path, monkeypatch):
         r = CliRunner().invoke(
             main, ["apply", "--package", str(folder), str(FIXTURES / "context-kyphoplasty.json")]
         )
-        assert r.exit_code == 1 and words in r.output and "Traceback" not in r.output
+        assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output
 
 
 def test_package_from_a_server_is_read_strictly_and_bounded(monkeypatch):
@@ -677,7 +677,7 @@ def test_plan_selection_errors_are_clear(tmp_path):
     ctx = tmp_path / "ctx.json"
     ctx.write_text(json.dumps(context()))
     r = runner.invoke(main, ["apply", "--package", str(both), str(ctx)])
-    assert r.exit_code == 1 and "choose one with --plan URL" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "choose one with --plan URL" in r.output and "Traceback" not in r.output
     r = runner.invoke(main, ["apply", "--package", str(both), "--plan", PLAN_URL, str(ctx)])
     assert r.exit_code == 0, r.output
     for bad, words in (
@@ -685,7 +685,7 @@ def test_plan_selection_errors_are_clear(tmp_path):
         (tmp_path / "ctx.json", "expected a FHIR Bundle"),
     ):
         r = runner.invoke(main, ["apply", "--package", str(bad), str(ctx)])
-        assert r.exit_code == 1 and words in r.output and "Traceback" not in r.output
+        assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output
     broken = pk.vertebral_package()
     next(r for r in broken if r["resourceType"] == "PlanDefinition")["action"][0]["action"][0][
         "definitionCanonical"

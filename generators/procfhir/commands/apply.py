@@ -11,6 +11,10 @@ from procfhir.apply.errors import ApplyError, KnowledgeError
 from procfhir.safeout import write_file
 
 
+class _CouldNotRun(click.ClickException):
+    exit_code = 2
+
+
 def _our_bundle(path: Path) -> bool:
     """An existing --out file is replaced only when it is a Bundle (what this command writes)."""
     from procfhir.strictio import StrictInputError, read_json
@@ -110,5 +114,5 @@ def command(
     except ApplyError as exc:
         where = f"{context}: " if context is not None else ""
         raise click.ClickException(f"{where}{exc}") from None
-    except KnowledgeError as exc:
-        raise click.ClickException(f"the package's plan cannot be applied: {exc}") from None
+    except KnowledgeError as exc:  # the package, not a patient: the command could not run
+        raise _CouldNotRun(f"the package's plan cannot be applied: {exc}") from None
