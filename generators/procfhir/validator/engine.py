@@ -101,6 +101,8 @@ class Validator:
         self.regex: dict[str, re.Pattern[str] | None] = {}
         self.code_sets: dict[str, frozenset[str]] = {}
         self._rule_tables: dict[tuple[str, bool], tuple[rules.Rule, ...]] = {}
+        # (id(node), id(type's root)) -> (node, type's root, the invariants to evaluate there)
+        self.constraint_cache: dict[tuple[int, int], tuple[Any, Any, list[dict[str, Any]]]] = {}
         if sys.getrecursionlimit() < 6000:
             sys.setrecursionlimit(6000)
 

@@ -8,6 +8,7 @@ duplicate keys, NaN or Infinity, nesting too deep) as issues."""
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,9 @@ from procfhir.validator.issues import Issue
 MAX_FILE_BYTES = 256 * 1024 * 1024  # one resource file or package member
 
 _SKIP_NAMES = {"package.json", ".index.json"}
+# a lone surrogate can only come from a \uD800-\uDFFF escape (UTF-8 decoding refuses the raw bytes);
+# numbers, NaN and depth are already judged while parsing: without such an escape, no walk is needed
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class _Duplicates(list[str]):
@@ -56,7 +60,8 @@ def parse(data: bytes, source: str) -> tuple[Any, list[Issue]]:
             parse_float=strict_float,  # 1e999, 1e-999 and 64-bit overflow: procfhir.strictio
             parse_int=strict_int,
         )
-        check_value(res, "", max_depth=1 << 30)  # numbers, lone surrogates (depth: the validator's own rule)
+        if _SURROGATE_ESCAPE.search(data):  # lone surrogates (depth: the validator's own rule)
+            check_value(res, "", max_depth=1 << 30)
     except UnicodeDecodeError:
         return None, [
             Issue(

@@ -244,10 +244,7 @@ def children_and_invariants(
     from procfhir.validator.structure import children
 
     tsd = v.type_sd(node, tcode)
-    constraints = node.constraints
-    if tsd is not None and tsd.root is not node and tsd.root.constraints:
-        have = {c.get("key") for c in constraints}
-        constraints = constraints + [c for c in tsd.root.constraints if c.get("key") not in have]
+    constraints = _effective_constraints(v, node, tsd.root if tsd is not None else None)
     if node.children:
         parent = node
     elif node.content_ref:
@@ -267,7 +264,26 @@ def primitive_invariants(
     v: Validator, value: Any, node: Node, tcode: str, loc: str, ctx: Ctx, host: Node | None
 ) -> None:
     if node.constraints:
-        invariants(v, value, node.constraints, node, loc, ctx)
+        constraints = _effective_constraints(v, node, None)
+        if constraints:
+            invariants(v, value, constraints, node, loc, ctx)
+
+
+def _effective_constraints(v: Validator, node: Node, type_root: Node | None) -> list[dict[str, Any]]:
+    """The invariants at ``node`` (its own, then its type's root's not overridden by key) that
+    can give an outcome: those :meth:`Invariants.check` skips without evaluating (native keys
+    checked elsewhere, no expression) are left out. Cached per (node, type) on the validator."""
+    ck = (id(node), id(type_root))
+    hit = v.constraint_cache.get(ck)
+    if hit is not None:
+        return hit[2]
+    constraints = node.constraints
+    if type_root is not None and type_root is not node and type_root.constraints:
+        have = {c.get("key") for c in constraints}
+        constraints = constraints + [c for c in type_root.constraints if c.get("key") not in have]
+    kept = [c for c in constraints if not v.invariants.skipped(c)]
+    v.constraint_cache[ck] = (node, type_root, kept)  # the nodes pinned: their ids stay theirs
+    return kept
 
 
 def invariants(
