@@ -98,3 +98,27 @@ def test_odd_definitions_give_issues_not_tracebacks(tmp_path: Path) -> None:
         }
         issues = v.validate(patient)
         assert issues and all(i.message_id != "INTERNAL_ERROR" for i in issues), issues
+
+
+def test_base64_pattern_possessive_form_accepts_the_same_strings() -> None:
+    """The base64Binary check uses a possessive form of R4's pattern (no backtracking memory on
+    large attachments): both accept exactly the same strings, valid ones and near misses."""
+    import re
+
+    from procfhir.validator.rules import _BASE64_POSSESSIVE, _BASE64_R4
+
+    r4, ours = re.compile(_BASE64_R4, re.ASCII), re.compile(_BASE64_POSSESSIVE, re.ASCII)
+    rnd = random.Random(12)
+    accepted = 0
+    for _ in range(20000):
+        parts = []
+        for _ in range(rnd.randint(0, 4)):
+            parts.append(rnd.choice(["", " ", "\n", " \t\r", "\x0b"]))
+            parts.append("".join(rnd.choice("Az9+/=") for _ in range(rnd.choice([4, 4, 8, 3, 5]))))
+        text = "".join(parts) + rnd.choice(["", " ", "\n"])
+        if text and rnd.random() < 0.3:
+            k = rnd.randrange(len(text))
+            text = text[:k] + rnd.choice([" ", "A", "-", "\u00a0", "é"]) + text[k:]
+        assert bool(r4.fullmatch(text)) == bool(ours.fullmatch(text)), repr(text)
+        accepted += bool(r4.fullmatch(text))
+    assert 2000 < accepted < 18000  # both outcomes well represented

@@ -233,11 +233,15 @@ class Definitions:
         for res in extra or []:
             self.add(res)
 
-    def add(self, res: dict[str, Any]) -> None:
-        """Make a resource with a ``url`` resolvable (a later one with the same url wins)."""
+    def add(self, res: dict[str, Any], strip: bool = False) -> None:
+        """Make a resource with a ``url`` resolvable (a later one with the same url wins);
+        ``strip``: the prose validation never reads is dropped from it, in place (for a
+        resource nothing else holds: a large package's definitions then take far less memory)."""
         url = res.get("url") if isinstance(res, dict) else None
         if not isinstance(url, str):
             return
+        if strip:
+            _strip_prose(res)
         self.extra[url] = res
         self._compiled.pop(url, None)
         self.sd_errors.pop(url, None)

@@ -157,8 +157,7 @@ def raw_inputs(paths: list[str], definitions: bool = False) -> Iterator[RawInput
                 if not f.is_file() or f.name in _SKIP_NAMES or f.name.startswith("."):
                     continue
                 if f.suffix == ".json":
-                    data, issue = _read(f)
-                    yield str(f), data, issue, True
+                    yield (str(f), *_read(f), True)  # no local keeps the bytes while suspended
                 elif f.suffix == ".xml":
                     yield str(f), None, _xml(str(f), definitions, named=False), True
                 elif f.name.endswith((".tgz", ".tar.gz")):
@@ -171,8 +170,7 @@ def raw_inputs(paths: list[str], definitions: bool = False) -> Iterator[RawInput
             elif path.suffix == ".xml":
                 yield str(path), None, _xml(str(path), definitions, named=True), False
             else:
-                data, issue = _read(path)
-                yield str(path), data, issue, False
+                yield (str(path), *_read(path), False)
         else:
             issue = Issue(
                 "fatal",
@@ -198,7 +196,9 @@ def read_inputs(paths: list[str], definitions: bool = False) -> Iterator[tuple[s
     In a folder, JSON files that are not FHIR resources (reports, package.json) are skipped with
     an information issue; named files must be FHIR resources."""
     for item in raw_inputs(paths, definitions):
-        yield parse_input(item)
+        parsed = parse_input(item)
+        del item  # the bytes are freed while the caller holds the parsed resource
+        yield parsed
 
 
 def parse_input(item: RawInput) -> tuple[str, Any, list[Issue]]:

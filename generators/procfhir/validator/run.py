@@ -84,15 +84,19 @@ def run(
             kept = None
         if kept is None and data is not None and not _may_define(data, validator):
             readable += 1  # parsed (and its JSON judged) in the second pass
+            del item, data  # not held while the next input is read
             continue
         source, res, issues = parse_input(item)
+        del item, data
         if res is not None:
             readable += 1
             for d in definitions_in([res]):
                 if not validator.defs.is_core(d["url"]):
-                    validator.defs.add(d)
+                    # inputs not kept are read again to be validated: this copy only defines
+                    validator.defs.add(d, strip=kept is None)
         if kept is not None:
             kept.append((source, res, issues))
+        del res
     if workers > 1:
         _validate_parallel(validator, paths, profile, workers, out)
     else:
@@ -102,6 +106,7 @@ def run(
             if res is not None:
                 out.resources += 1
                 out.issues.extend(validator.validate(res, profile=profile, source=source))
+            del res  # not held while the next input is read and parsed
     out.could_not_run = readable == 0 and any(i.severity == "fatal" for i in out.issues)
     from procfhir.validator.invariants import save_ast_cache
 
