@@ -23,7 +23,7 @@ MAX_FILE_BYTES = 256 * 1024 * 1024  # one resource file or package member
 _SKIP_NAMES = {"package.json", ".index.json"}
 # a lone surrogate can only come from a \uD800-\uDFFF escape (UTF-8 decoding refuses the raw bytes);
 # numbers, NaN and depth are already judged while parsing: without such an escape, no walk is needed
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class _Duplicates(list[str]):
@@ -50,18 +50,13 @@ def _no_constant(name: str) -> Any:
 
 def parse(data: bytes, source: str) -> tuple[Any, list[Issue]]:
     """(parsed JSON or None, issues of the JSON itself)."""
-    dups = _Duplicates()
+    text, issues = _decode(data, source)
+    return (None, issues) if text is None else parse_text(text, source)
+
+
+def _decode(data: bytes, source: str) -> tuple[str | None, list[Issue]]:
     try:
-        text = data.decode("utf-8-sig")
-        res = json.loads(
-            text,
-            object_pairs_hook=_pairs_hook(dups),
-            parse_constant=_no_constant,
-            parse_float=strict_float,  # 1e999, 1e-999 and 64-bit overflow: procfhir.strictio
-            parse_int=strict_int,
-        )
-        if _SURROGATE_ESCAPE.search(data):  # lone surrogates (depth: the validator's own rule)
-            check_value(res, "", max_depth=1 << 30)
+        return data.decode("utf-8-sig"), []
     except UnicodeDecodeError:
         return None, [
             Issue(
@@ -73,6 +68,21 @@ def parse(data: bytes, source: str) -> tuple[Any, list[Issue]]:
                 message_id=M.JSON_NOT_UTF8,
             )
         ]
+
+
+def parse_text(text: str, source: str) -> tuple[Any, list[Issue]]:
+    """:func:`parse` of decoded text."""
+    dups = _Duplicates()
+    try:
+        res = json.loads(
+            text,
+            object_pairs_hook=_pairs_hook(dups),
+            parse_constant=_no_constant,
+            parse_float=strict_float,  # 1e999, 1e-999 and 64-bit overflow: procfhir.strictio
+            parse_int=strict_int,
+        )
+        if _SURROGATE_ESCAPE.search(text):  # lone surrogates (depth: the validator's own rule)
+            check_value(res, "", max_depth=1 << 30)
     except RecursionError:
         msg = "the JSON is nested too deeply to be read"
         return None, [Issue("fatal", "", msg, "too-costly", source=source, message_id=M.JSON_TOO_DEEP)]
@@ -196,17 +206,29 @@ def read_inputs(paths: list[str], definitions: bool = False) -> Iterator[tuple[s
     In a folder, JSON files that are not FHIR resources (reports, package.json) are skipped with
     an information issue; named files must be FHIR resources."""
     for item in raw_inputs(paths, definitions):
-        parsed = parse_input(item)
-        del item  # the bytes are freed while the caller holds the parsed resource
-        yield parsed
+        box = [item]
+        del item
+        yield parse_input_owned(box)
 
 
 def parse_input(item: RawInput) -> tuple[str, Any, list[Issue]]:
     """:func:`parse` of one raw input; a JSON file in a folder that is no FHIR resource is skipped."""
-    source, data, issue, in_folder = item
+    return parse_input_owned([item])
+
+
+def parse_input_owned(box: list[RawInput]) -> tuple[str, Any, list[Issue]]:
+    """:func:`parse_input` of the one raw input in ``box``, taken out of it: when nothing else
+    holds the input, its bytes are freed once decoded, before the JSON is parsed (a large file's
+    bytes, text and parsed form are not all held at once)."""
+    source, data, issue, in_folder = box.pop()
     if data is None:
         return source, None, [issue] if issue else []
-    res, issues = parse(data, source)
+    text, issues = _decode(data, source)
+    del data
+    if text is None:
+        return source, None, issues
+    res, issues = parse_text(text, source)
+    del text
     if in_folder and res is not None and not (isinstance(res, dict) and "resourceType" in res):
         return (
             source,

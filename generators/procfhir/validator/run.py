@@ -19,7 +19,14 @@ from typing import Any
 from procfhir.validator import messages as M
 from procfhir.validator.definitions import DefinitionsError
 from procfhir.validator.engine import Validator
-from procfhir.validator.inputs import RawInput, definitions_in, parse_input, raw_inputs, read_inputs
+from procfhir.validator.inputs import (
+    RawInput,
+    definitions_in,
+    parse_input,
+    parse_input_owned,
+    raw_inputs,
+    read_inputs,
+)
 from procfhir.validator.issues import Issue
 
 KEEP_BYTES = 16 * 1024 * 1024  # inputs kept parsed between the passes, at most (their JSON size)
@@ -86,8 +93,9 @@ def run(
             readable += 1  # parsed (and its JSON judged) in the second pass
             del item, data  # not held while the next input is read
             continue
-        source, res, issues = parse_input(item)
+        box = [item]
         del item, data
+        source, res, issues = parse_input_owned(box)
         if res is not None:
             readable += 1
             for d in definitions_in([res]):
