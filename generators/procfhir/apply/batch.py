@@ -32,6 +32,7 @@ from procfhir.strictio import MAX_DEPTH, OVERLONG_LINE, StrictInputError, bounde
 MAX_LINE_BYTES = 64 * 1024 * 1024  # one context (NDJSON line)
 
 CHUNK = 256
+WRITE_BUFFER = 1 << 20  # output files: the lines of a chunk are copied once, into this buffer
 
 
 @dataclass
@@ -80,6 +81,10 @@ def _applier() -> Any:
     return _APPLIER
 
 
+def _open_out(path: Path, mode: str) -> IO[bytes]:
+    return open(path, mode, buffering=WRITE_BUFFER)  # noqa: SIM115  (closed by its owner)
+
+
 _TURN: Any = None  # (Condition, next chunk to write, abort flag), shared with the workers
 _FOLDER: Path | None = None
 _FILES: dict[str, IO[bytes]] = {}
@@ -109,13 +114,13 @@ def apply_and_write(index: int, lines: list[tuple[int, bytes]]) -> Chunk:
             for rtype, (data, _count) in result.packed.items():
                 f = _FILES.get(rtype)
                 if f is None:
-                    f = _FILES[rtype] = open(_FOLDER / f"{rtype}.ndjson", "ab")  # noqa: SIM115
-                f.write(data)
+                    f = _FILES[rtype] = _open_out(_FOLDER / f"{rtype}.ndjson", "ab")
+                f.writelines(data)
                 f.flush()
         finally:
             next_index.value += 1
             cond.notify_all()
-    result.packed = {t: (b"", count) for t, (_, count) in result.packed.items()}
+    result.packed = {t: ([], count) for t, (_, count) in result.packed.items()}
     return result
 
 
@@ -147,10 +152,11 @@ def _depth(value: Any) -> int:
 
 @dataclass
 class Chunk:
-    """What a chunk of contexts gives: per resource type, its NDJSON lines joined, in input order."""
+    """What a chunk of contexts gives: per resource type, its NDJSON lines, in input order."""
 
     lines: dict[str, list[bytes]] = field(default_factory=dict)
-    packed: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # type -> (data, count)
+    # type -> (its lines, each followed by b"\n", for writelines; count of lines)
+    packed: dict[str, tuple[list[bytes], int]] = field(default_factory=dict)
     contexts: int = 0
     failed: int = 0
     warnings: int = 0
@@ -162,10 +168,15 @@ class Chunk:
         lines.append(line)
 
     def pack(self) -> Chunk:
-        """The lines of each type joined into one bytes, newline-terminated (one copy)."""
-        for v in self.lines.values():
-            v.append(b"")
-        self.packed = {t: (b"\n".join(v), len(v) - 1) for t, v in self.lines.items()}
+        """The lines of each type interleaved with newlines, without copying them: joined into one
+        bytes, a chunk's output (megabytes) would be a fresh allocation each time, its pages
+        faulted in by the kernel then given back (half the system time of a run)."""
+        packed: dict[str, tuple[list[bytes], int]] = {}
+        for t, v in self.lines.items():
+            data = [b"\n"] * (2 * len(v))
+            data[::2] = v
+            packed[t] = (data, len(v))
+        self.packed = packed
         self.lines = {}
         return self
 
@@ -223,8 +234,8 @@ class _Writer:
             if data:  # (the workers of a parallel run write their own lines)
                 f = self.files.get(rtype)
                 if f is None:
-                    f = self.files[rtype] = open(self.folder / f"{rtype}.ndjson", "wb")  # noqa: SIM115
-                f.write(data)
+                    f = self.files[rtype] = _open_out(self.folder / f"{rtype}.ndjson", "wb")
+                f.writelines(data)
             if rtype != "OperationOutcome":
                 rep.resources[rtype] = rep.resources.get(rtype, 0) + count
 
