@@ -3,7 +3,7 @@
 Every output folder we write gets a marker file (:data:`MARKER`). A folder is replaced only when it
 does not exist, is empty, or holds our marker (so we made it before); anything else - a folder with
 the project's ``source/``, a home directory, a file - is refused with :class:`OutputRefused`, and
-nothing is written. Replacement is atomic: the new content is written into a temporary sibling
+nothing is written. The swap is atomic: the new content is written into a temporary sibling
 folder and renamed into place only when complete. Single files are written to a temporary sibling
 and renamed, so a reader never sees half a file.
 """

@@ -8,7 +8,7 @@ The parser copes with the text's known defects:
 
 - paragraphs that lost their heading (they simply start a section with no title);
 - a heading split over a paragraph break, whose last word(s) open the next paragraph in capitals
-  followed by a period ("Leakage of Cement into Veins and Pulmonary" / "EMBOLUS. The cement ...");
+  followed by a period ("Leakage of X into Veins and Pulmonary" / "EMBOLUS. The ...");
   the capitalised fragment is joined to the heading, not taken for a sentence;
 - a sentence ending with a colon that introduces a list of the following paragraphs
   ("These procedures have similar complications and include:").

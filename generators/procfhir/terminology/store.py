@@ -136,7 +136,7 @@ class Store:
         where = " AND ".join("(display || ' ' || note) LIKE ? ESCAPE '\\'" for _ in terms)
         args = ["%" + t.replace("_", "\\_") + "%" for t in terms]
         rows = self._con.execute(f"SELECT {_COLUMNS} FROM concepts WHERE {where}", args).fetchall()
-        # every word must start a word of the text ("cement" is not found in "displacement")
+        # every word must start a word of the text ("ring" is not found in "during")
         starts = [re.compile(rf"\b{re.escape(t)}", re.IGNORECASE) for t in terms]
         found = [
             c
