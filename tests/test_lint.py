@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -42,3 +43,15 @@ def test_mypy_is_clean() -> None:
     mypy = shutil.which("mypy") or str(PROJECT_ROOT / ".venv" / "bin" / "mypy")
     proc = subprocess.run([mypy], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_library_holds_no_procedure_specific_words() -> None:
+    # procedure knowledge lives in the mappings (source/, examples/), never in the library code
+    words = re.compile(r"vertebr|kyphopl|copd|cement|lung|lumbar|puncture|ablation|facet", re.IGNORECASE)
+    found = [
+        f"{path.relative_to(PROJECT_ROOT)}:{number}"
+        for path in sorted((PROJECT_ROOT / "generators").rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if words.search(line)
+    ]
+    assert found == []

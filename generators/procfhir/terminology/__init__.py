@@ -4,7 +4,7 @@ Python API::
 
     from procfhir import terminology
     terminology.fill()                            # once, online: install and verify the content
-    for c in terminology.lookup("lumbar puncture"):  # offline afterwards
+    for c in terminology.lookup("needle biopsy"):  # offline afterwards
         print(c.system, c.code, c.display, c.cite())
 
 ``lookup`` returns :class:`Candidate` rows (system, code, display, source package, version,
