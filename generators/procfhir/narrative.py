@@ -69,3 +69,27 @@ def table(header: list[str], rows: list[list[Node]]) -> Node:
         ("tr", *[("th", h) for h in header]),
         *[("tr", *[("td", cell) for cell in row]) for row in rows],
     )
+
+
+def procedure_narrative(proc: dict[str, Any], sites_label: str = "Body sites") -> dict[str, str]:
+    """The narrative of a Procedure (the build's examples and $apply's Procedures alike): one table."""
+
+    def text(cc: dict[str, Any]) -> str:
+        return cc.get("text") or "; ".join(c.get("display", c["code"]) for c in cc.get("coding", []))
+
+    rows: list[list[Any]] = [
+        ["Status", proc["status"]],
+        ["Procedure", text(proc["code"])],
+        ["Patient", proc["subject"].get("display", proc["subject"].get("reference", ""))],
+    ]
+    if "performedDateTime" in proc:
+        rows.append(["Performed", proc["performedDateTime"]])
+    if proc.get("bodySite"):
+        rows.append([sites_label, ", ".join(text(b) for b in proc["bodySite"])])
+    if proc.get("reasonCode"):
+        rows.append(["Reason", ", ".join(text(r) for r in proc["reasonCode"])])
+    if proc.get("usedCode"):
+        rows.append(["Used", ", ".join(text(u) for u in proc["usedCode"])])
+    if proc.get("complication"):
+        rows.append(["Complications", ", ".join(text(c) for c in proc["complication"])])
+    return narrative(table(["Item", "Value"], rows))

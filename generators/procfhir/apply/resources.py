@@ -17,7 +17,7 @@ from typing import Any
 from procfhir.apply.context import PatientContext
 from procfhir.apply.engine import Outcome, Plan, Selected, set_path
 from procfhir.apply.errors import KnowledgeError
-from procfhir.narrative import narrative, table
+from procfhir.narrative import narrative, procedure_narrative
 
 _ID_CHARS = re.compile(r"[A-Za-z0-9\-.]+")  # what a FHIR id may hold (used with fullmatch)
 _NAME = "\x00patient-name\x00"
@@ -74,28 +74,6 @@ def ordered(res: dict[str, Any]) -> dict[str, Any]:
     return {k: res[k] for k in PROCEDURE_ORDER if k in res} | {
         k: v for k, v in res.items() if k not in PROCEDURE_ORDER
     }
-
-
-def procedure_narrative(proc: dict[str, Any], sites_label: str) -> dict[str, str]:
-    def text(cc: dict[str, Any]) -> str:
-        return cc.get("text") or "; ".join(c.get("display", c["code"]) for c in cc.get("coding", []))
-
-    rows: list[list[Any]] = [
-        ["Status", proc["status"]],
-        ["Procedure", text(proc["code"])],
-        ["Patient", proc["subject"].get("display", proc["subject"].get("reference", ""))],
-    ]
-    if "performedDateTime" in proc:
-        rows.append(["Performed", proc["performedDateTime"]])
-    if proc.get("bodySite"):
-        rows.append([sites_label, ", ".join(text(b) for b in proc["bodySite"])])
-    if proc.get("reasonCode"):
-        rows.append(["Reason", ", ".join(text(r) for r in proc["reasonCode"])])
-    if proc.get("usedCode"):
-        rows.append(["Used", ", ".join(text(u) for u in proc["usedCode"])])
-    if proc.get("complication"):
-        rows.append(["Complications", ", ".join(text(c) for c in proc["complication"])])
-    return narrative(table(["Item", "Value"], rows))
 
 
 def _ids(ctx_key: str) -> dict[str, str]:

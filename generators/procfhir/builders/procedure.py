@@ -8,7 +8,7 @@ from procfhir.builders.common import concept, meta, source_ext
 from procfhir.builders.plandefinition import procedure_profile_id
 from procfhir.config import Config
 from procfhir.model import Document, Examples
-from procfhir.narrative import narrative, table
+from procfhir.narrative import narrative, procedure_narrative
 
 
 def build_patient(examples: Examples) -> dict[str, Any]:
@@ -20,28 +20,6 @@ def build_patient(examples: Examples) -> dict[str, Any]:
         "text": narrative(("p", f"Example patient {p.given} {p.family} (not a real person).")),
         "name": [{"family": p.family, "given": [p.given]}],
     }
-
-
-def procedure_narrative(proc: dict[str, Any], sites_label: str = "Body sites") -> dict[str, str]:
-    def text(cc: dict[str, Any]) -> str:
-        return cc.get("text") or "; ".join(c.get("display", c["code"]) for c in cc.get("coding", []))
-
-    rows: list[list[Any]] = [
-        ["Status", proc["status"]],
-        ["Procedure", text(proc["code"])],
-        ["Patient", proc["subject"].get("display", proc["subject"].get("reference", ""))],
-    ]
-    if "performedDateTime" in proc:
-        rows.append(["Performed", proc["performedDateTime"]])
-    if proc.get("bodySite"):
-        rows.append([sites_label, ", ".join(text(b) for b in proc["bodySite"])])
-    if proc.get("reasonCode"):
-        rows.append(["Reason", ", ".join(text(r) for r in proc["reasonCode"])])
-    if proc.get("usedCode"):
-        rows.append(["Used", ", ".join(text(u) for u in proc["usedCode"])])
-    if proc.get("complication"):
-        rows.append(["Complications", ", ".join(text(c) for c in proc["complication"])])
-    return narrative(table(["Item", "Value"], rows))
 
 
 def build_procedures(cfg: Config, d: Document) -> list[dict[str, Any]]:
