@@ -93,3 +93,32 @@ def procedure_narrative(proc: dict[str, Any], sites_label: str = "Body sites") -
     if proc.get("complication"):
         rows.append(["Complications", ", ".join(text(c) for c in proc["complication"])])
     return narrative(table(["Item", "Value"], rows))
+
+
+# R4's element order of Procedure, for Procedures built from parts (the build's examples, $apply)
+PROCEDURE_ORDER = (
+    "resourceType",
+    "id",
+    "meta",
+    "text",
+    "extension",
+    "instantiatesCanonical",
+    "basedOn",
+    "status",
+    "code",
+    "subject",
+    "performedDateTime",
+    "performedPeriod",
+    "performer",
+    "reasonCode",
+    "bodySite",
+    "complication",
+    "usedCode",
+)
+
+
+def ordered_procedure(res: dict[str, Any]) -> dict[str, Any]:
+    """``res`` with its elements in R4's order (any others after them, as they were)."""
+    return {k: res[k] for k in PROCEDURE_ORDER if k in res} | {
+        k: v for k, v in res.items() if k not in PROCEDURE_ORDER
+    }

@@ -15,7 +15,7 @@ from typing import Any
 from procfhir.apply.context import _DATETIME
 from procfhir.apply.engine import Plan, load_plan
 from procfhir.apply.errors import ApplyError
-from procfhir.apply.resources import ordered, procedure_narrative
+from procfhir.narrative import ordered_procedure, procedure_narrative
 
 
 def _when(value: Any, field: str) -> str:
@@ -91,7 +91,7 @@ def complete_procedure(
         out.pop("complication", None)
         out["outcome"] = {"text": "No complication observed"}
     out["text"] = procedure_narrative(out, plan.sites_label)
-    return ordered(out)
+    return ordered_procedure(out)
 
 
 def _materials(plan: Plan, procedure: dict[str, Any]) -> list[dict[str, Any]]:

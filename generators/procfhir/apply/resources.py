@@ -17,30 +17,11 @@ from typing import Any
 from procfhir.apply.context import PatientContext
 from procfhir.apply.engine import Outcome, Plan, Selected, set_path
 from procfhir.apply.errors import KnowledgeError
-from procfhir.narrative import narrative, procedure_narrative
+from procfhir.narrative import narrative, ordered_procedure, procedure_narrative
 
 _ID_CHARS = re.compile(r"[A-Za-z0-9\-.]+")  # what a FHIR id may hold (used with fullmatch)
 _NAME = "\x00patient-name\x00"
 _SITES = "\x00sites\x00"
-PROCEDURE_ORDER = (
-    "resourceType",
-    "id",
-    "meta",
-    "text",
-    "extension",
-    "instantiatesCanonical",
-    "basedOn",
-    "status",
-    "code",
-    "subject",
-    "performedDateTime",
-    "performedPeriod",
-    "performer",
-    "reasonCode",
-    "bodySite",
-    "complication",
-    "usedCode",
-)
 # the element each kind of request names its subject, code, date, requester and performer with
 _SUBJECT = {"Task": "for", "Appointment": None, "SupplyRequest": None}
 _CODE = {
@@ -68,12 +49,6 @@ _PREFIX = {
     "SupplyRequest": "supr",
     "Appointment": "appt",
 }
-
-
-def ordered(res: dict[str, Any]) -> dict[str, Any]:
-    return {k: res[k] for k in PROCEDURE_ORDER if k in res} | {
-        k: v for k, v in res.items() if k not in PROCEDURE_ORDER
-    }
 
 
 def _ids(ctx_key: str) -> dict[str, str]:
@@ -473,7 +448,7 @@ class Builder:
         if request.get("bodySite"):
             proc["bodySite"] = request["bodySite"]
         proc["text"] = procedure_narrative(proc, self.sites_label)
-        return ordered(proc)
+        return ordered_procedure(proc)
 
 
 _RG_KEYS = (

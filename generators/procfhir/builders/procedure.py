@@ -8,7 +8,7 @@ from procfhir.builders.common import concept, meta, source_ext
 from procfhir.builders.plandefinition import procedure_profile_id
 from procfhir.config import Config
 from procfhir.model import Document, Examples
-from procfhir.narrative import narrative, procedure_narrative
+from procfhir.narrative import narrative, ordered_procedure, procedure_narrative
 
 
 def build_patient(examples: Examples) -> dict[str, Any]:
@@ -54,33 +54,8 @@ def build_procedures(cfg: Config, d: Document) -> list[dict[str, Any]]:
         proc["text"] = procedure_narrative(
             proc, d.plan.body_sites.label if d.plan.body_sites else "Body sites"
         )
-        out.append(_ordered(proc))
+        out.append(ordered_procedure(proc))
     return out
-
-
-_ORDER = [
-    "resourceType",
-    "id",
-    "meta",
-    "text",
-    "extension",
-    "instantiatesCanonical",
-    "basedOn",
-    "status",
-    "code",
-    "subject",
-    "performedDateTime",
-    "performedPeriod",
-    "performer",
-    "reasonCode",
-    "bodySite",
-    "complication",
-    "usedCode",
-]
-
-
-def _ordered(res: dict[str, Any]) -> dict[str, Any]:
-    return {k: res[k] for k in _ORDER if k in res} | {k: v for k, v in res.items() if k not in _ORDER}
 
 
 def procedure_profile(cfg: Config, d: Document) -> dict[str, Any]:

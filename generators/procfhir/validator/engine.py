@@ -21,22 +21,12 @@ from procfhir.validator import rules
 from procfhir.validator.definitions import CompiledSD, Definitions, DefinitionsError, Node
 from procfhir.validator.invariants import Invariants
 from procfhir.validator.issues import Issue
+from procfhir.validator.rules import _jtype
 from procfhir.validator.terminology import Terminology
 
 _ID_RE = re.compile(r"[A-Za-z0-9\-\.]{1,64}")
 _RESOURCE_TYPES = ("Resource", "DomainResource")
 MAX_DEPTH = 120  # JSON nesting levels below a resource; FHIR content stays far below
-
-
-def _jtype(value: Any) -> str:
-    return {
-        dict: "object",
-        list: "array",
-        str: "string",
-        bool: "boolean",
-        int: "number",
-        float: "number",
-    }.get(type(value), type(value).__name__)
 
 
 class Ctx:
