@@ -538,6 +538,35 @@ def test_a_worker_failing_stops_the_batch_and_writes_nothing(package, tmp_path, 
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["contexts.ndjson"]
 
 
+def test_workers_cut_the_input_into_pieces_without_changing_the_output(package, tmp_path, monkeypatch):
+    """With several workers each reads its own pieces of the input (offset, length, first line
+    number): blank lines, CRLF, a last line without newline, an overlong line (longer than a
+    piece, too) and bad JSON give the same files, byte for byte, and the same line numbers as one
+    worker."""
+    from procfhir.apply import batch
+
+    monkeypatch.setattr(batch, "PIECE_BYTES", 3000)  # many pieces, most ending mid-line
+    monkeypatch.setattr(batch, "MAX_LINE_BYTES", 20_000)
+    lines = [json.dumps(ctx).encode() for ctx in sample_contexts(60, seed=11, bad_every=9)]
+    lines[4] += b"\r"
+    lines[7:7] = [b"", b"   ", b"{not json"]  # lines 8-10
+    lines[20:20] = [b'{"id": "' + b"x" * 25_000 + b'"}']  # line 21: overlong
+    src = tmp_path / "contexts.ndjson"
+    src.write_bytes(b"\n".join(lines))  # no newline after the last line
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        report = batch.apply_batch(src, out, package=package, workers=workers)
+        assert report.contexts == len(lines) - 2
+        outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert outputs[0] == outputs[1]
+    failures = [json.loads(x) for x in outputs[0]["OperationOutcome.ndjson"].splitlines()]
+    diagnostics = [f["issue"][0]["diagnostics"] for f in failures]
+    assert diagnostics[0].startswith("line 10: context: not valid JSON")
+    assert any(d.startswith("line 21: context: the line is longer than 20,000 bytes") for d in diagnostics)
+    assert len(outputs[0]["Procedure.ndjson"].splitlines()) == report.applied
+
+
 # -- the package as FHIR: folder, .tgz, Bundle; plan selection ------------------------------------
 
 

@@ -8,8 +8,11 @@ context succeeded, so a failed context writes nothing. Output (in ``out_dir``):
 - ``summary.json``: counts.
 
 Everything is written in a temporary folder beside ``out_dir`` and renamed at the end. With
-``workers > 1`` chunks of lines are applied in worker processes, at most ``2 * workers`` chunks
-in flight, and written in input order.
+``workers > 1`` the parent only cuts the input into pieces of whole lines (offset, length, number
+of the first line: it looks at newlines, nothing else); each worker process, forked once the plan
+is loaded, reads, parses and applies its pieces itself and appends their output to the files when
+the pieces before have been written (a turn shared by the workers), so the output is the same,
+byte for byte, as with one worker. At most ``2 * workers`` pieces are in flight.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from procfhir.strictio import MAX_DEPTH, OVERLONG_LINE, StrictInputError, bounde
 
 MAX_LINE_BYTES = 64 * 1024 * 1024  # one context (NDJSON line)
 
-CHUNK = 256
+CHUNK = 256  # contexts applied together (one worker)
+PIECE_BYTES = 256 * 1024  # input read, applied and written together by a worker (several workers)
 WRITE_BUFFER = 1 << 20  # output files (without os.writev): the lines of a chunk go through this
 IOV_MAX = 1024  # buffers per os.writev call (POSIX guarantees at least 16; Linux allows 1024)
 
@@ -105,24 +109,68 @@ def _write_lines(f: IO[bytes], data: list[bytes]) -> None:
                 rest = rest[os.write(fd, rest) :]
 
 
-_TURN: Any = None  # (Condition, next chunk to write, abort flag), shared with the workers
+_TURN: Any = None  # (Condition, next piece to write, abort flag), shared with the workers
 _FOLDER: Path | None = None
 _FILES: dict[str, IO[bytes]] = {}
+_INPUT: IO[bytes] | None = None  # a worker's own handle on the input (its own file offset)
 
 
-def _init_worker(args: tuple[Any, ...], turn: Any, folder: Path) -> None:
-    global _APPLIER_ARGS, _APPLIER, _TURN, _FOLDER
+def _init_worker(args: tuple[Any, ...], turn: Any, folder: Path, in_path: Path) -> None:
+    global _APPLIER_ARGS, _APPLIER, _TURN, _FOLDER, _INPUT
     if args != _APPLIER_ARGS:  # forked from the parent: its loaded plan is reused
         _APPLIER_ARGS, _APPLIER = args, None
     _TURN, _FOLDER = turn, folder
     _FILES.clear()
+    _INPUT = open(in_path, "rb")  # noqa: SIM115  (open for the worker's life)
 
 
-def apply_and_write(index: int, lines: list[tuple[int, bytes]]) -> Chunk:
-    """In a worker: apply a chunk, then, when the chunks before it are written, append its lines
-    to the output files (in input order, without sending them through the parent); give back the
-    counts only."""
-    result = apply_lines(lines)
+class _Piece:
+    """``length`` bytes of a file from its current offset, read by lines (for bounded_lines)."""
+
+    def __init__(self, f: IO[bytes], length: int) -> None:
+        self.f = f
+        self.left = length
+
+    def readline(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        line = self.f.readline(self.left if size < 0 else min(size, self.left))
+        self.left -= len(line)
+        return line
+
+
+def read_piece(f: IO[bytes], offset: int, length: int, first_line: int) -> list[tuple[int, bytes]]:
+    """The non-blank (line number, line) of a piece of the input, as :func:`_chunks` gives them."""
+    f.seek(offset)
+    lines = bounded_lines(_Piece(f, length), MAX_LINE_BYTES)  # type: ignore[arg-type]
+    return [(n, raw) for n, raw in enumerate(lines, start=first_line) if raw.strip()]
+
+
+def pieces(src: IO[bytes], size: int) -> Iterator[tuple[int, int, int]]:
+    """Cut the input into pieces of whole lines, about ``size`` bytes each: (offset, length,
+    number of its first line). Only newlines are looked at (counted in C): the lines themselves
+    are read, parsed and applied by the workers."""
+    pos = start = 0
+    line = 1
+    newlines = 0
+    while data := src.read(size):
+        cut = data.rfind(b"\n")
+        if cut >= 0:  # the piece ends after the block's last newline; the rest starts the next
+            newlines += data.count(b"\n")
+            end = pos + cut + 1
+            yield start, end - start, line
+            start, line, newlines = end, line + newlines, 0
+        pos += len(data)
+    if pos > start:
+        yield start, pos - start, line
+
+
+def apply_piece(index: int, offset: int, length: int, first_line: int) -> Chunk:
+    """In a worker: read and apply a piece of the input, then, when the pieces before it are
+    written, append its lines to the output files (in input order, without sending them through
+    the parent); give back the counts only."""
+    assert _INPUT is not None
+    result = apply_lines(read_piece(_INPUT, offset, length, first_line))
     cond, next_index, abort = _TURN
     assert _FOLDER is not None
     with cond:
@@ -306,12 +354,12 @@ def _run_parallel(src: IO[bytes], writer: _Writer, workers: int, args: tuple[Any
 
     ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else multiprocessing.get_context()
     turn = (ctx.Condition(), ctx.Value("q", 0), ctx.Value("b", 0))
-    initargs = (args, turn, folder)
+    initargs = (args, turn, folder, Path(src.name))
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool:
         pending: deque[Future[Any]] = deque()
         try:
-            for index, chunk in enumerate(_chunks(bounded_lines(src, MAX_LINE_BYTES), CHUNK)):
-                pending.append(pool.submit(apply_and_write, index, chunk))
+            for index, piece in enumerate(pieces(src, PIECE_BYTES)):
+                pending.append(pool.submit(apply_piece, index, *piece))
                 if len(pending) >= 2 * workers:  # bounded: memory stays flat
                     writer.write(pending.popleft().result())
             while pending:
