@@ -9,7 +9,10 @@ a list; ONE entry is a single value (``%conditions.count()`` then does not resol
 entry carries the ``cpg-parameterDefinition`` extension with ``max = "*"``; an entry with only that
 extension is an empty list. ``%subject`` is the ``subject`` read from the server or from the
 ``data`` Bundle; ``data`` is not itself a variable. A condition whose evaluation fails counts as
-false (its error goes into an OperationOutcome contained in the CarePlan).
+false (its error goes into an OperationOutcome contained in the CarePlan). The extension's ``type``
+is written verbatim into the CQL parameter declaration, and FHIR values reach the engine converted
+to CQL types (a Coding becomes a ``System.Code``, a CodeableConcept a ``System.Concept``), so the
+sites, Codings, are declared ``System.Code`` (docs/contract.md).
 
 ``$apply`` leaves the choice in an ``exactly-one`` group to the user: HAPI returns both techniques;
 our engine takes the context's technique. So HAPI's selection = ours + the other technique's branch.
@@ -151,8 +154,8 @@ def parameters_for(plan: Plan, ctx: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({"name": "%plannedDate", "valueDate": value})
         elif name in LIST_TYPES:
             out += as_list(f"%{name}", LIST_TYPES[name], [{"resource": r} for r in value])
-        elif name != "patient":  # the sites
-            out += as_list(f"%{name}", "CodeableConcept", [{"valueCodeableConcept": v} for v in value])
+        elif name != "patient":  # the sites: Codings, read by the CQL engine as System.Code
+            out += as_list(f"%{name}", "System.Code", [{"valueCoding": v} for v in value])
     return out
 
 
@@ -311,12 +314,12 @@ def test_how_hapi_reads_the_variables(base: str, plans: dict[str, Plan]) -> None
     assert Applier(plan).apply(ctx).of_type("RequestGroup")
     env = plan.environment(plan.parse(ctx))
     plain = [{"name": "%conditions", "resource": c} for c in env["conditions"]] + [
-        {"name": "%sites", "valueCodeableConcept": lv} for lv in env["sites"]
+        {"name": "%sites", "valueCoding": lv} for lv in env["sites"]
     ]
     care_plan = hapi_apply(base, plan, ctx, plain)
     assert selected(care_plan) == []
     problems = errors(care_plan)
-    assert any("operator Count with signature (System.Concept)" in e for e in problems), problems
+    assert any("operator Count with signature (System.Code)" in e for e in problems), problems
     care_plan = hapi_apply(base, plan, ctx, plain[1:])
     assert selected(care_plan) == []
     problems = errors(care_plan)

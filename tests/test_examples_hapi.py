@@ -17,25 +17,10 @@ from tests.test_examples import EXAMPLES, NAMES, PLANS, context
 
 pytestmark = pytest.mark.hapi
 
-# HAPI's $apply hands the CodeableConcepts of %sites to the expressions with no `coding` (probed:
-# `%sites.where(coding.exists()).count()` is 0 there, while `%sites.count()` is right), so a limit
-# that counts the sites of a group ("No more than 4 joints on each side") passes in HAPI. Ours
-# refuses, as the text says. Kept as a strict expected failure: it turns red when HAPI agrees.
-# Why (probed on cqf-fhir-cr 4.4.0 with one-condition plans): the FHIRPath-to-CQL translation types
-# `%sites` as FHIR.CodeableConcept (`codes`, `display` are compile errors: "Member codes not found
-# for type CodeableConcept"), but the parameter values reach the engine converted to CQL
-# System.Concept (`%sites.first() is System.Concept` is true, `is CodeableConcept` false), on which
-# `coding` is empty. Passing the sites otherwise does not help: without the cpg-parameterDefinition
-# extension, or with its type Coding or Element, every site expression fails in HAPI; without
-# `text` nothing changes. A fix needs HAPI's side (or expressions valid on both types).
-HAPI_SITE_GROUPS = pytest.mark.xfail(
-    strict=True, reason="HAPI $apply: %sites CodeableConcepts reach the expression without coding"
-)
-CASES = [
-    pytest.param(name, p.stem, marks=[HAPI_SITE_GROUPS] if p.stem == "five-joints-one-side" else [])
-    for name in NAMES
-    for p in sorted((EXAMPLES / name / "contexts").glob("*.json"))
-]
+# Every sample context, including a limit that counts the sites of a group ("No more than 4 joints
+# on each side"): HAPI reads the sites' codes because they are passed as Codings declared
+# `System.Code` (docs/contract.md, "PlanDefinition expressions").
+CASES = [(name, p.stem) for name in NAMES for p in sorted((EXAMPLES / name / "contexts").glob("*.json"))]
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,11 @@ CORPUS = [
     "%sites.count() > 1 and %conditions.exists()",
     "%sites.count() >= 1 or %conditions.empty()",
     "%sites.count() < 3",
-    "%sites.text",
-    "%sites.text.first() + ' and more'",
-    "%sites.coding.code = 'T12'",
+    "%sites.display",
+    "%sites.display.first() + ' and more'",
+    "%sites.code = 'T12'",
+    "%sites.where((system = 'urn:sites' and (code = 'T12' or code = 'L1'))).count() <= 1",
+    "%sites.where(system = 'urn:sites' and code = 'L2').exists().not()",
     "%conditions.code.coding.code",
     "%conditions.code.coding.where(system = 'http://snomed.info/sct').code",
     "%conditions.exists(code.coding.code = '42942008')",
@@ -100,7 +102,7 @@ def _malformed(ctx: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     elif kind == 6:
         env["sites"] = []
     elif kind == 7:
-        env["sites"] = [{"text": "T12"}, {"coding": {"code": "L1"}}, {"text": 3}]
+        env["sites"] = [{"display": "T12"}, {"code": ["L1"]}, {"code": 3}, {"coding": [{"code": "L1"}]}]
     elif kind == 8:
         env["patient"]["active"] = rng.choice([False, True, "yes", 0])
         env["patient"]["_active"] = {"extension": [{"url": "http://example.org/a", "valueBoolean": True}]}
@@ -123,7 +125,7 @@ def _environments() -> list[dict[str, Any]]:
     rng = random.Random(7)
     envs = []
     for ctx in sample_contexts(150, seed=5):
-        levels = [{"coding": [{"code": lbl}], "text": lbl} for lbl in ctx["sites"]]
+        levels = [{"system": "urn:sites", "code": lbl, "display": lbl} for lbl in ctx["sites"]]
         envs.append({"patient": ctx["patient"], "conditions": ctx["conditions"], "sites": levels})
         envs.append(_malformed({**ctx, "sites": levels}, rng))
     return envs

@@ -340,7 +340,7 @@ class Plan:
         return parse_context(obj, self.techniques, self.sites)
 
     def environment(self, ctx: PatientContext) -> dict[str, Any]:
-        sites = [{"coding": [s.coding], "text": s.label} for s in ctx.sites]
+        sites = [dict(s.coding) for s in ctx.sites]  # Codings (docs/contract.md: %sites)
         env = {
             "patient": ctx.patient,
             "conditions": ctx.conditions,

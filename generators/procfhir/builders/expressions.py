@@ -2,7 +2,7 @@
 building blocks"). Only forms that also run in HAPI's ``$apply`` (cqf-fhir-cr translates FHIRPath
 to CQL): codes tested as ``code = 'a' or code = 'b'``, never ``in ('a' | 'b')``.
 
-Variables: ``%conditions`` (Condition), ``%sites`` (CodeableConcept), ``%medications``
+Variables: ``%conditions`` (Condition), ``%sites`` (Coding), ``%medications``
 (MedicationStatement), ``%priorProcedures`` (Procedure, performedDateTime at date precision),
 ``%plannedDate`` (date).
 """
@@ -89,8 +89,7 @@ def limit_allowed(limit: Limit, procedure_codes: Iterable[Code]) -> str:
         assert limit.maximum is not None
         if limit.groups:
             within = " and ".join(
-                f"%sites.where(coding.where({coding_expression(g)}).exists()).count() <= {limit.maximum}"
-                for g in limit.groups
+                f"%sites.where({coding_expression(g)}).count() <= {limit.maximum}" for g in limit.groups
             )
             within = f"({within})" if len(limit.groups) > 1 else within
         else:
