@@ -151,6 +151,7 @@ def test_every_check_category_has_a_fixture() -> None:
         "extension",
         "reference",
         "narrative",
+        "quantity",
     }
 
 

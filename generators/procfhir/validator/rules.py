@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from procfhir.jsonwalk import strings
 from procfhir.validator import messages as M
 from procfhir.validator.definitions import Node
+from procfhir.validator.quantity import QUANTITY_TYPES, UCUM, quantity_code, ucum_coding
+from procfhir.validator.terminology import Matcher
 from procfhir.validator.xhtml import check_div
 
 if TYPE_CHECKING:
@@ -388,7 +390,7 @@ def _codes_only(v: Validator, vs_url: str, codes: frozenset[tuple[str, str]]) ->
 def _grammar_binding(
     value: Any,
     tcode: str,
-    grammar: dict[str, re.Pattern[str]],
+    grammar: dict[str, Matcher],
     severity: str,
     strength: str,
     vs_url: str,
@@ -431,6 +433,9 @@ def _coding(v: Validator, coding: dict[str, Any], loc: str, ctx: Ctx) -> None:
         ctx.add("warning", f"{loc}.system", msg, "code-invalid", mid=M.CODING_SYSTEM_INVALID)
         return
     if not isinstance(code, str):
+        return
+    if system == UCUM:
+        ucum_coding(code, loc, ctx)
         return
     cs = v.terminology.code_system(system)
     if cs is None:
@@ -811,7 +816,8 @@ _BY_TYPE: dict[str, tuple[Rule, ...]] = {
     "Narrative": (narrative,),
     "Extension": (extension_context,),
     "Attachment": (attachment,),
-    "Quantity": (value_limits,),
+    "Quantity": (value_limits, quantity_code),
+    **{t: (quantity_code,) for t in QUANTITY_TYPES if t != "Quantity"},
 }
 _PRIMITIVE: tuple[Rule, ...] = (
     primitive_value,

@@ -19,7 +19,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from procfhir.terminology import ucum
 
 if TYPE_CHECKING:
     from procfhir.validator.definitions import Definitions
@@ -44,8 +46,14 @@ class CodeSystemInfo:
         return out
 
 
+class Matcher(Protocol):
+    """A grammar: a compiled pattern, or the UCUM tables (:mod:`procfhir.terminology.ucum`)."""
+
+    def fullmatch(self, code: str) -> object: ...
+
+
 # Code systems defined by a grammar rather than a list: checked by their syntax.
-GRAMMARS: dict[str, re.Pattern[str]] = {
+GRAMMARS: dict[str, Matcher] = {
     "urn:ietf:bcp:13": re.compile(  # MIME types (RFC 6838), with optional parameters
         r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"
         r"(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=(\"[^\"]*\"|[^;\s]([^;]*[^;\s])?))*"  # values may hold spaces
@@ -59,7 +67,7 @@ class Expansion:
     url: str
     codes: frozenset[tuple[str, str]] | None  # None: not expandable
     reason: str = ""
-    grammar: dict[str, re.Pattern[str]] | None = None  # value sets of whole grammar-based systems
+    grammar: dict[str, Matcher] | None = None  # value sets of whole grammar-based systems
 
     @property
     def expandable(self) -> bool:
@@ -190,19 +198,22 @@ class Terminology:
         self._vs[url] = exp
         return exp
 
-    def _grammar(self, url: str) -> dict[str, re.Pattern[str]] | None:
+    def _grammar(self, url: str) -> dict[str, Matcher] | None:
         """For a value set of whole grammar-based code systems (e.g. all MIME types): the syntax."""
         vs = self.resource(url)
         compose = (vs or {}).get("compose") or {}
         includes = compose.get("include") or []
         if not includes or compose.get("exclude"):
             return None
-        out = {}
+        out: dict[str, Matcher] = {}
         for inc in includes:
             system = inc.get("system")
-            if system not in GRAMMARS or inc.get("concept") or inc.get("filter") or inc.get("valueSet"):
+            grammar = GRAMMARS.get(system) if isinstance(system, str) else None
+            if grammar is None and system == ucum.SYSTEM:
+                grammar = ucum.load()  # all UCUM codes (R4's ucum-units): when the tables are installed
+            if grammar is None or inc.get("concept") or inc.get("filter") or inc.get("valueSet"):
                 return None
-            out[system] = GRAMMARS[system]
+            out[system] = grammar
         return out
 
     def _expand(self, url: str) -> set[tuple[str, str]]:
