@@ -152,6 +152,8 @@ def test_every_check_category_has_a_fixture() -> None:
         "reference",
         "narrative",
         "quantity",
+        "conceptmap",
+        "valueset",
     }
 
 

@@ -42,6 +42,11 @@ KNOWN_DIFFERENCES: dict[str, tuple[str, str]] = {
         "an unresolvable canonical is a warning in both (an error for ours with --strict when it is "
         "under the package's base)",
     ),
+    "quantity-age-ucum-invalid": (
+        "both valid",
+        "the HL7 validator checks the unit code of Quantity only, not of Age, Distance, Duration, "
+        "Count: ours reports a non-UCUM unit there as a warning",
+    ),
     "reference-wrong-target-type": (
         "ours only",
         "HAPI does not compare the resource type of an "

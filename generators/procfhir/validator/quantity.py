@@ -3,7 +3,10 @@ SimpleQuantity and MoneyQuantity profiles are Quantities) ``system`` + ``code``,
 validator checks them through its terminology layer:
 
 - UCUM (``http://unitsofmeasure.org``): the code must be a valid UCUM expression, parsed against
-  the installed UCUM tables (:mod:`procfhir.terminology.ucum`); an error otherwise;
+  the installed UCUM tables (:mod:`procfhir.terminology.ucum`); an error otherwise on a Quantity.
+  The reference checks the unit of Quantity only (its type dispatch does not reach Age, Distance,
+  Duration, Count: HAPI's ``$validate`` accepts an Age in ``years``): for those, a unit that is
+  not UCUM is reported as a warning, so that verdicts stay the reference's;
 - another code system available locally with complete content (R4 core, THO: e.g. a dose in
   ``v3-orderableDrugForm``): the code must be one of its concepts; an error otherwise.
 
@@ -42,7 +45,8 @@ def quantity_code(
         why = ucum_issue(code)
         if why is not None:
             msg = f"{code!r} is not a valid UCUM unit: {why} (for '{UCUM}#{code}')"
-            ctx.add("error", loc, msg, "processing", mid=M.UCUM_INVALID)
+            sev = "error" if tcode == "Quantity" else "warning"
+            ctx.add(sev, loc, msg, "processing", mid=M.UCUM_INVALID)
         return
     cs = v.terminology.code_system(system)
     if cs is None or not cs.complete or code in cs.codes:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from procfhir.jsonwalk import strings
 from procfhir.validator import messages as M
+from procfhir.validator import txresources
 from procfhir.validator.definitions import Node
 from procfhir.validator.quantity import QUANTITY_TYPES, UCUM, quantity_code, ucum_coding
 from procfhir.validator.terminology import Matcher
@@ -842,5 +843,7 @@ def table_for(tcode: str, primitive: bool) -> tuple[Rule, ...]:
 RESOURCE_RULES: dict[str, tuple[ResourceRule, ...]] = {
     "Bundle": (bundle,),
     "StructureDefinition": (differential,),
+    "ConceptMap": (txresources.concept_map,),
+    "ValueSet": (txresources.value_set,),
 }
 RESOURCE_RULES_ALL: tuple[ResourceRule, ...] = (contained_referenced,)
