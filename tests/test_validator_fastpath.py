@@ -48,6 +48,8 @@ CASES = [
     ("iif(a.exists(), b.exists(), true)", {"a": 1}),
     ("x in ('a' | 'b')", {"x": "b"}),
     ("a <= b", {"a": 1, "b": 2}),
+    ("a.startsWith(b.replaceMatches('\\\\..*', '') & '.')", {"a": "T.x", "b": "T.y.z"}),
+    ("a.replaceMatches('([a-z]+)-([0-9]+)', '$2$1') = '12ab'", {"a": "ab-12"}),
 ]
 
 
@@ -70,6 +72,12 @@ def test_outside_the_subset_is_left_to_fhirpathpy() -> None:
     fn = compile_invariant(parse("value.exists()"))
     with pytest.raises(Unsupported):  # a choice element: fhirpathpy knows its types
         fn([{"valueString": "x"}], {})
+    # an operand outside the subset is evaluated (by fhirpathpy) only when the left side does
+    # not settle the result: ctm-1 holds on every participant without onBehalfOf
+    fn = compile_invariant(parse("a.exists() implies (b.resolve().exists())"))
+    assert fn([{}], {}) == [True]
+    with pytest.raises(Unsupported):
+        fn([{"a": 1, "b": {"reference": "Patient/1"}}], {})
 
 
 def test_same_verdicts_as_fhirpathpy_on_spec_examples() -> None:
@@ -98,7 +106,9 @@ def test_same_verdicts_as_fhirpathpy_on_spec_examples() -> None:
             mine = True if got in ([], [True]) else False if got == [False] else None
             ref = self._run(self._compile(expression), value, path, resource, root)
             compared += 1
-            if mine is not None and mine != ref:
+            # where fhirpathpy fails (resolve() is not implemented) in an operand the left side
+            # settles, the fast path gives the verdict: only fhirpathpy's own verdicts compare
+            if mine is not None and isinstance(ref, bool) and mine != ref:
                 mismatches.append(f"{expression}: fast {mine}, fhirpathpy {ref} on {json.dumps(value)[:200]}")
         return out
 

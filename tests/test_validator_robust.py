@@ -122,3 +122,29 @@ def test_base64_pattern_possessive_form_accepts_the_same_strings() -> None:
         assert bool(r4.fullmatch(text)) == bool(ours.fullmatch(text)), repr(text)
         accepted += bool(r4.fullmatch(text))
     assert 2000 < accepted < 18000  # both outcomes well represented
+
+
+def test_fullurl_check_is_the_regular_expression() -> None:
+    """The Bundle rule's fullUrl check (string operations) agrees with the expression it replaces,
+    ``/Type/id(/_history/[^/]+)?$``, on ordinary and odd URLs."""
+    import re
+
+    from procfhir.validator.rules import _names_resource
+
+    urls = ["http://a/Patient/1", "http://a/Patient/12", "http://a/XPatient/1", "Patient/1", "urn:x"]
+    urls += [u + tail for u in urls for tail in ("/_history/2", "/_history/", "/_history/2/x", "\n")]
+    urls += ["http://a/Patient/1/_history/a\n", "http://a/Patient/1/_history//_history/x"]
+    for url in urls:
+        for rtype, rid in (("Patient", "1"), ("Patient", "1\n"), ("Patient", "1/_history/2")):
+            want = bool(re.search(rf"/{re.escape(rtype)}/{re.escape(rid)}(/_history/[^/]+)?$", url))
+            assert _names_resource(url, rtype, rid) is want, (url, rtype, rid)
+
+
+def test_outcome_file_bytes_are_the_standard_encoders() -> None:
+    """The OperationOutcome written by orjson is byte for byte json.dumps(indent=2,
+    ensure_ascii=False), control characters and non-ASCII text included."""
+    from procfhir.commands.validate import _outcome_bytes
+
+    text = '\x00\x01\x1f\x7f\u2028"\\ é 😀 \b\f\n\r\t'
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"diagnostics": text, "expression": []}]}
+    assert _outcome_bytes(outcome) == (json.dumps(outcome, indent=2, ensure_ascii=False) + "\n").encode()

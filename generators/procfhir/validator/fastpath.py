@@ -257,6 +257,8 @@ def _function(node: dict[str, Any]) -> Func:  # noqa: C901 - one table of small 
         if name == "combine":
             return lambda items, focus, env: items + other_fn(focus, env)
         return lambda items, focus, env: _distinct(items + other_fn(focus, env))
+    if name == "replaceMatches" and n == 2:
+        return _replace_matches(_compile(params[0]), _compile(params[1]))
     if name in ("startsWith", "endsWith", "contains", "matches") and n == 1:
         arg = _compile(params[0])
         return _string_test(name, arg)
@@ -291,6 +293,29 @@ def _string_test(name: str, arg: Fn) -> Func:
         return [rx.search(s) is not None]
 
     return test
+
+
+def _replace_matches(regex: Fn, substitution: Fn) -> Func:
+    """fhirpathpy's replaceMatches(): ``$1`` in the substitution is a group, re.sub on one string."""
+    compiled: dict[tuple[str, str], tuple[re.Pattern[str], str]] = {}
+
+    def replace(items: list[Any], focus: list[Any], env: Env) -> list[Any]:
+        s = _single_string(items)
+        rx, repl = _param_string(regex, focus, env), _param_string(substitution, focus, env)
+        if rx is None or repl is None:
+            raise Unsupported("replaceMatches() without its parameters")
+        hit = compiled.get((rx, repl))
+        if hit is None:
+            try:
+                hit = compiled[(rx, repl)] = (re.compile(rx), re.sub(r"\$(\d+)", r"\\\1", repl))
+            except re.error as exc:
+                raise Unsupported(f"regex: {exc}") from None
+        try:
+            return [hit[0].sub(hit[1], s)]
+        except (re.error, IndexError) as exc:
+            raise Unsupported(f"replaceMatches(): {exc}") from None
+
+    return replace
 
 
 def _not(items: list[Any]) -> list[Any]:
@@ -529,8 +554,10 @@ def _binary(node: dict[str, Any]) -> Fn:
     impl = _OPERATORS.get(op)
     if impl is None:
         raise Unsupported(f"operator {op} is not compiled")
-    left, right = (_compile(c) for c in node["children"])
+    left_node, right_node = node["children"]
+    left = _compile(left_node)
     if op in ("and", "or", "implies"):  # short-circuit where the result is settled
+        right = _lazy(right_node)
 
         def logical(focus: list[Any], env: Env) -> list[Any]:
             a = left(focus, env)
@@ -542,7 +569,23 @@ def _binary(node: dict[str, Any]) -> Fn:
             return impl(a, right(focus, env))
 
         return logical
+    right = _compile(right_node)
     return lambda focus, env: impl(left(focus, env), right(focus, env))
+
+
+def _lazy(node: dict[str, Any]) -> Fn:
+    """The right operand of a logical operator; outside the subset, a closure that raises
+    :class:`Unsupported` only when it is evaluated (``type = 'document' implies
+    entry.first().resource.is(Composition)`` is settled by its left side on most bundles)."""
+    try:
+        return _compile(node)
+    except Unsupported as exc:
+        why = str(exc)
+
+        def unsupported(focus: list[Any], env: Env) -> list[Any]:
+            raise Unsupported(why)
+
+        return unsupported
 
 
 _HANDLERS: dict[str, Callable[[dict[str, Any]], Fn]] = {

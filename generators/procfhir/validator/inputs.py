@@ -7,6 +7,7 @@ duplicate keys, NaN or Infinity, nesting too deep) as issues."""
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import tarfile
@@ -73,6 +74,8 @@ def _decode(data: bytes, source: str) -> tuple[str | None, list[Issue]]:
 def parse_text(text: str, source: str) -> tuple[Any, list[Issue]]:
     """:func:`parse` of decoded text."""
     dups = _Duplicates()
+    collecting = gc.isenabled()
+    gc.disable()  # parsing makes no reference cycles: a collection would only walk the new tree
     try:
         res = json.loads(
             text,
@@ -91,6 +94,9 @@ def parse_text(text: str, source: str) -> tuple[Any, list[Issue]]:
         return None, [
             Issue("fatal", "", f"not valid JSON: {exc}", "structure", source=source, message_id=mid)
         ]
+    finally:
+        if collecting:
+            gc.enable()
     if res is None:
         msg = "the JSON is null: expected a FHIR resource (a JSON object)"
         return None, [Issue("error", "", msg, "structure", source=source, message_id=M.RESOURCE_NOT_OBJECT)]

@@ -736,7 +736,7 @@ def bundle(v: Validator, res: dict[str, Any], loc: str, ctx: Ctx, contained: boo
                 isinstance(rtype, str)
                 and isinstance(rid, str)
                 and not fu.startswith("urn:")
-                and not re.search(rf"/{re.escape(rtype)}/{re.escape(rid)}(/_history/[^/]+)?$", fu)
+                and not _names_resource(fu, rtype, rid)
             ):
                 msg = f"fullUrl {fu} does not match the resource's type and id {rtype}/{rid}"
                 ctx.add("error", f"{eloc}.fullUrl", msg, "value", mid=M.BUNDLE_FULLURL_MISMATCH)
@@ -758,6 +758,20 @@ def bundle(v: Validator, res: dict[str, Any], loc: str, ctx: Ctx, contained: boo
             seen_ids.setdefault(key, i)
     if btype in ("document", "message"):
         _bundle_references(res, entries, loc, ctx)
+
+
+def _names_resource(full_url: str, rtype: str, rid: str) -> bool:
+    """Whether ``full_url`` ends with ``/rtype/rid`` (or ``/rtype/rid/_history/version``): the
+    regular expression ``/rtype/rid(/_history/[^/]+)?$``, without compiling one per entry."""
+    tail = f"/{rtype}/{rid}"
+    ends = (full_url, full_url[:-1]) if full_url.endswith("\n") else (full_url,)  # $ before a final \n
+    for s in ends:
+        if s.endswith(tail):
+            return True
+        i = s.rfind("/_history/")
+        if i >= 0 and s[:i].endswith(tail) and len(s) > i + 10 and "/" not in s[i + 10 :]:
+            return True
+    return False
 
 
 def _bundle_references(res: dict[str, Any], entries: list[Any], loc: str, ctx: Ctx) -> None:
