@@ -638,6 +638,52 @@ def test_package_readers_are_strict_and_bounded(package, tmp_path, monkeypatch):
         assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output
 
 
+def _nested(depth: int, indent: bool) -> bytes:
+    import orjson
+
+    value: object = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 if indent else 0)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{\n  "a": 1,\n  "a": 2\n}',  # what orjson would write, but for the duplicate key
+        b'{"a":1,"a":2}',
+        b'{\n  "a": "\\ud800"\n}',  # a lone surrogate, escaped
+        b'{\n  "a": 18446744073709551615\n}',  # orjson reads 64 bits unsigned; not strict JSON
+        b'{\n  "a": 9223372036854775808\n}',
+        b'{\n  "a": 1e-400\n}',
+        b'{\n  "a": 1.0E400\n}',
+        b'{\n  "a": NaN\n}',
+        b'\xef\xbb\xbf{\n  "a": 1\n}',
+        _nested(64, True),
+        _nested(65, True),
+        _nested(64, False),
+        _nested(65, False),
+        (FIXTURES / "context-kyphoplasty.json").read_bytes(),
+    ],
+)
+def test_the_fast_json_reader_is_as_strict_as_the_strict_one(data):
+    """Package files written by orjson or json.dumps(indent=2) are read by orjson when it writes
+    them back byte for byte; anything the strict reader refuses is refused the same way."""
+    from procfhir.strictio import StrictInputError, loads_canonical_json, loads_json
+
+    def outcome(fn):
+        try:
+            return fn(data, "f.json")
+        except StrictInputError as exc:
+            return str(exc)
+
+    assert outcome(loads_canonical_json) == outcome(loads_json)
+    if b"\n" not in data:  # a context line of a batch
+        from procfhir.apply.batch import parse_line
+
+        assert outcome(lambda d, _where: parse_line(d)) == outcome(lambda d, _where: loads_json(d, ""))
+
+
 def test_package_from_a_server_is_read_strictly_and_bounded(monkeypatch):
     """A server's answers are read like files: strict JSON, and a size limit after gzip inflation
     (a loopback server sends what HAPI never would: NaN, duplicate keys, a gzip bomb)."""

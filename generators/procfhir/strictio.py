@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 MAX_DEPTH = 64
 MAX_FILE_BYTES = 256 * 1024 * 1024  # one JSON or YAML document
 MAX_INT = 2**63 - 1
@@ -441,3 +443,35 @@ def nearest(word: str, choices: list[str] | tuple[str, ...] | frozenset[str]) ->
 
     found = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.5)
     return found[0] if found else None
+
+
+def loads_canonical_json(data: bytes, where: str = "", *, max_depth: int = MAX_DEPTH) -> Any:
+    """:func:`loads_json`, fast for a document written by orjson (compact, or indented by 2 like
+    ``json.dumps(indent=2, ensure_ascii=False)``; with or without a final newline): when orjson
+    reads it and writes it back byte for byte, it has no duplicate key, no NaN, no number out of
+    range or rounded (orjson would write another text; an integer beyond 53 bits goes to the
+    strict reader, which checks the 64-bit signed range), and its depth shows in its indentation;
+    without a ``\\u`` escape it holds no lone surrogate. Anything else goes through
+    :func:`loads_json` and its checks."""
+    if b"\\u" not in data:
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            value = _NOTHING
+        if value is not _NOTHING:
+            body = data[:-1] if data.endswith(b"\n") else data
+            if b"\n" in body:  # indented: an element at depth d is indented by 2 * d spaces
+                shallow = b"\n" + b" " * (2 * max_depth) not in body
+                option = orjson.OPT_INDENT_2 | orjson.OPT_STRICT_INTEGER
+            else:
+                shallow = body.count(b"[") + body.count(b"{") <= max_depth
+                option = orjson.OPT_STRICT_INTEGER
+            try:  # (an integer beyond 53 bits: the strict reader checks its 64-bit range)
+                if shallow and orjson.dumps(value, option=option) == body:
+                    return value
+            except orjson.JSONEncodeError:
+                pass
+    return loads_json(data, where, max_depth=max_depth)
+
+
+_NOTHING: Any = object()

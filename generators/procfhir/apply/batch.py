@@ -21,16 +21,24 @@ import json
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from procfhir.apply.errors import ApplyError, KnowledgeError, NotApplicable
 from procfhir.safeout import check_folder, staged_folder
-from procfhir.strictio import MAX_DEPTH, OVERLONG_LINE, StrictInputError, bounded_lines, loads_json
+from procfhir.strictio import (
+    MAX_DEPTH,
+    OVERLONG_LINE,
+    StrictInputError,
+    bounded_lines,
+    loads_json,
+)
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 MAX_LINE_BYTES = 64 * 1024 * 1024  # one context (NDJSON line)
 
@@ -195,7 +203,8 @@ def parse_line(raw: bytes) -> Any:
     """One context, read strictly (:func:`procfhir.strictio.loads_json`: no duplicate keys, no
     NaN, no lone surrogates, bounded depth). A line that orjson reads and writes back byte for
     byte (compact, no escapes, nothing dropped) meets those rules already and skips the slow
-    strict reader."""
+    strict reader; so does an integer beyond 53 bits (orjson reads integers up to 64 bits
+    unsigned, the strict reader refuses more than 64 bits signed)."""
     line = raw.rstrip(b"\r\n")
     if b"\\u" not in line:
         try:
@@ -204,8 +213,11 @@ def parse_line(raw: bytes) -> Any:
             pass
         else:
             shallow = line.count(b"{") + line.count(b"[") <= MAX_DEPTH or _depth(obj) <= MAX_DEPTH
-            if shallow and orjson.dumps(obj) == line:
-                return obj
+            try:
+                if shallow and orjson.dumps(obj, option=orjson.OPT_STRICT_INTEGER) == line:
+                    return obj
+            except orjson.JSONEncodeError:
+                pass
     return loads_json(raw, "")
 
 
@@ -351,6 +363,7 @@ def apply_batch(
 
 def _run_parallel(src: IO[bytes], writer: _Writer, workers: int, args: tuple[Any, ...], folder: Path) -> None:
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor  # (imported only for a parallel run)
 
     ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else multiprocessing.get_context()
     turn = (ctx.Condition(), ctx.Value("q", 0), ctx.Value("b", 0))

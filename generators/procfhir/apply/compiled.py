@@ -70,8 +70,10 @@ class Compiled:
 _ROOT: list[Any] = [{}]  # fhirpathpy evaluates on the resource {} when given only variables
 
 
-def compile_fast(expression: str) -> Compiled:
-    tree = parse(expression)
+def compile_fast(expression: str, tree: dict[str, Any] | None = None) -> Compiled:
+    """Compile ``expression`` (or its parse tree by fhirpathpy, when the caller has it)."""
+    if tree is None:
+        tree = parse(expression)
     fn, boolean = _compile(tree["children"][0])
     return Compiled(fn, boolean)
 

@@ -20,6 +20,7 @@ from typing import Any
 import fhirpathpy
 import orjson
 from fhirpathpy.models import models
+from fhirpathpy.parser import parse
 
 from procfhir.apply.compiled import CHOICE_NAMES, Compiled, Unsupported, compile_fast
 from procfhir.apply.errors import KnowledgeError
@@ -99,9 +100,10 @@ class Expression:
                 f"{where}: expression language {language!r} is not supported (text/fhirpath)"
             )
         try:
-            self._fn = fhirpathpy.compile(expression, R4)
+            tree = parse(expression)  # once: fhirpathpy and the compiled subset share the tree
         except Exception as exc:  # fhirpathpy raises various parser errors
             raise KnowledgeError(f"{where}: the FHIRPath expression does not parse: {exc}") from None
+        self._tree = tree
         self.text = expression
         self.where = where
         self.names = names_used(expression)
@@ -109,13 +111,13 @@ class Expression:
         self.memoizable = memo_safe(expression)
         self.fast: Compiled | None
         try:
-            self.fast = compile_fast(expression)
+            self.fast = compile_fast(expression, tree)
         except Unsupported:
             self.fast = None  # outside the compiled subset: always fhirpathpy
 
     def evaluate(self, env: dict[str, Any]) -> list[Any]:
         try:
-            return list(self._fn({}, env))
+            return list(fhirpathpy.apply_parsed_path({}, self._tree, env, R4))
         except Exception as exc:  # an expression failing on unusual input data
             raise KnowledgeError(f"{self.where}: evaluating the expression failed: {exc}") from None
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from procfhir.apply.errors import KnowledgeError
-from procfhir.strictio import StrictInputError, loads_json, read_bytes
+from procfhir.strictio import StrictInputError, loads_canonical_json, read_bytes
 
 TYPES = ("PlanDefinition", "ActivityDefinition", "ValueSet", "CodeSystem", "Consent", "StructureDefinition")
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -83,9 +83,10 @@ MAX_PACKAGE_BYTES = 1024 * 1024 * 1024
 
 
 def _json(data: bytes, origin: str) -> Any:
-    """Strict JSON (:mod:`procfhir.strictio`): duplicate keys, NaN, deep nesting... are errors."""
+    """Strict JSON (:mod:`procfhir.strictio`): duplicate keys, NaN, deep nesting... are errors
+    (checked fast in what orjson or ``json.dumps(indent=2)`` wrote, e.g. a built package)."""
     try:
-        return loads_json(data, origin)
+        return loads_canonical_json(data, origin)
     except StrictInputError as exc:
         raise KnowledgeError(str(exc)) from None
 
