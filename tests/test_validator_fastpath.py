@@ -112,12 +112,38 @@ def test_same_verdicts_as_fhirpathpy_on_spec_examples() -> None:
                 mismatches.append(f"{expression}: fast {mine}, fhirpathpy {ref} on {json.dumps(value)[:200]}")
         return out
 
+    original_prepare = inv.Invariants.prepare
+
+    def prepare(self: Any, c: dict[str, Any]) -> Any:
+        got = original_prepare(self, c)  # the walk's own call of the closure, through check here
+        return inv.Prepared(c, got.guard, None)
+
     inv.Invariants.check = check  # type: ignore[method-assign,assignment]
+    inv.Invariants.prepare = prepare  # type: ignore[method-assign]
     try:
         for path in sorted(fhircache.examples_dir().glob("*.json"))[::40]:
             if path.name != "package.json":
                 v.validate(json.loads(path.read_text()))
     finally:
         inv.Invariants.check = original  # type: ignore[method-assign]
+        inv.Invariants.prepare = original_prepare  # type: ignore[method-assign]
     assert compared > 1000
     assert not mismatches, "\n".join(mismatches[:20])
+
+
+def test_guard_skips_only_what_holds() -> None:
+    """An invariant reading only named children, that holds on ``{}``, is skipped on elements
+    holding none of them (a choice element's typed name and a primitive's twin count as held);
+    one that fails on ``{}`` never is."""
+    from procfhir.validator.invariants import Invariants, touched_names
+
+    inv = Invariants()
+    holds = inv.prepare({"key": "x-1", "expression": "a.empty() or b.exists()"})
+    assert holds.guard is not None and {"a", "b"} <= holds.guard
+    assert holds.guard.isdisjoint(touched_names({"c": 1, "d": [1]}))
+    assert not holds.guard.isdisjoint(touched_names({"_a": {"id": "x"}}))
+    choice = inv.prepare({"key": "x-2", "expression": "multipleBirth.exists() implies c.exists()"})
+    assert choice.guard is not None
+    assert not choice.guard.isdisjoint(touched_names({"multipleBirthInteger": 2}))
+    assert inv.prepare({"key": "x-3", "expression": "a.exists()"}).guard is None  # fails on {}
+    assert inv.prepare({"key": "x-4", "expression": "%resource.a.empty()"}).guard is None

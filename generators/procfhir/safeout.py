@@ -189,9 +189,18 @@ MAX_OURS_BYTES = 256 * 1024 * 1024
 
 
 def is_json_resource(path: Path, resource_type: str) -> bool:
-    """The file is strict JSON holding one FHIR resource of ``resource_type`` (what we write)."""
+    """The file is JSON holding one FHIR resource of ``resource_type`` (what we write)."""
+    import orjson
+
     from procfhir.strictio import StrictInputError, read_json
 
+    try:  # orjson first: the strict reader takes seconds on a large OperationOutcome
+        if path.stat().st_size <= MAX_OURS_BYTES:
+            got = orjson.loads(path.read_bytes())
+            if isinstance(got, dict) and got.get("resourceType") == resource_type:
+                return True
+    except (OSError, orjson.JSONDecodeError):
+        pass
     try:
         obj = read_json(path, max_bytes=MAX_OURS_BYTES)
     except StrictInputError:

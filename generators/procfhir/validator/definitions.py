@@ -71,6 +71,8 @@ class Node:
         "max_value",
         "_keymap",
         "sd",
+        "plans",
+        "table",
     )
 
     def __init__(self, ed: dict[str, Any], sd: CompiledSD) -> None:
@@ -112,6 +114,10 @@ class Node:
         ]
         self.content_ref: str | None = ed.get("contentReference")
         self._keymap: dict[str, tuple[str, str]] | None = None
+        # the validator's compiled checks at this element, per type code, and of its children
+        # (procfhir.validator.plan); cleared when definitions are added
+        self.plans: dict[str, Any] = {}
+        self.table: Any = None
 
     def type_codes(self) -> list[str]:
         out = []
@@ -230,6 +236,7 @@ class Definitions:
         self.extra: dict[str, dict[str, Any]] = {}
         self.package_bases: set[str] = set()
         self.package_types: set[tuple[str, str]] = set()  # (base, resourceType) of extra definitions
+        self.generation = 0  # counts additions: what was compiled from the definitions may be stale
         for res in extra or []:
             self.add(res)
 
@@ -242,6 +249,7 @@ class Definitions:
             return
         if strip:
             _strip_prose(res)
+        self.generation += 1
         self.extra[url] = res
         self._compiled.pop(url, None)
         self.sd_errors.pop(url, None)

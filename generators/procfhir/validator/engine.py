@@ -21,11 +21,11 @@ from procfhir.validator import rules
 from procfhir.validator.definitions import CompiledSD, Definitions, DefinitionsError, Node
 from procfhir.validator.invariants import Invariants
 from procfhir.validator.issues import Issue
+from procfhir.validator.plan import PRIMITIVE, RESOURCE, Planner
 from procfhir.validator.rules import _jtype
 from procfhir.validator.terminology import Terminology
 
 _ID_RE = re.compile(r"[A-Za-z0-9\-\.]{1,64}")
-_RESOURCE_TYPES = ("Resource", "DomainResource")
 MAX_DEPTH = 120  # JSON nesting levels below a resource; FHIR content stays far below
 
 
@@ -90,9 +90,7 @@ class Validator:
         self.unknown_extension_severity = unknown_extension_severity or ("error" if strict else "warning")
         self.regex: dict[str, re.Pattern[str] | None] = {}
         self.code_sets: dict[str, frozenset[str]] = {}
-        self._rule_tables: dict[tuple[str, bool], tuple[rules.Rule, ...]] = {}
-        # (id(node), id(type's root)) -> (node, type's root, the invariants to evaluate there)
-        self.constraint_cache: dict[tuple[int, int], tuple[Any, Any, list[dict[str, Any]]]] = {}
+        self.planner = Planner(self)
         if sys.getrecursionlimit() < 6000:
             sys.setrecursionlimit(6000)
 
@@ -105,6 +103,7 @@ class Validator:
         """All issues for one resource (against core, its meta.profile and ``profile``)."""
         issues: list[Issue] = []
         ctx = Ctx(resource if isinstance(resource, dict) else {}, issues, source)
+        self.planner.check()
         try:
             self.resource(resource, "", ctx, profile)
         except DefinitionsError as exc:
@@ -198,8 +197,10 @@ class Validator:
 
     # ---------------------------------------------------------------- one value at one node
     def instance(self, value: Any, node: Node, tcode: str, loc: str, ctx: Ctx, host: Node | None) -> None:
-        """Every rule of type ``tcode`` on ``value`` at element ``node``."""
-        if node is not node.sd.root and (tcode in _RESOURCE_TYPES or tcode in self.defs.resource_types):
+        """Every rule of type ``tcode`` on ``value`` at element ``node`` (those of its plan)."""
+        plan = node.plans.get(tcode) or self.planner.plan(node, tcode)
+        kind = plan.kind
+        if kind == RESOURCE:
             self.resource(value, loc, ctx, contained=node.name == "contained")
             if node.children and isinstance(value, dict):  # a profile's constraints on the resource
                 from procfhir.validator.structure import children
@@ -210,17 +211,17 @@ class Validator:
             msg = f"nested more than {MAX_DEPTH} levels deep: not validated further"
             ctx.add("error", loc, msg, "too-costly", mid=M.TOO_DEEP)
             return
-        primitive = tcode[:1].islower()
-        if not primitive and not isinstance(value, dict):
+        if kind == PRIMITIVE:  # no rule of a primitive walks further: no depth to count
+            for rule in plan.rules:
+                rule(self, value, node, tcode, loc, ctx, host)
+            return
+        if not isinstance(value, dict):
             msg = f"{tcode} must be a JSON object, found {_jtype(value)}"
             ctx.add("error", loc, msg, "structure", mid=M.TYPE_NOT_OBJECT)
             return
-        table = self._rule_tables.get((tcode, primitive))
-        if table is None:
-            table = self._rule_tables[(tcode, primitive)] = rules.table_for(tcode, primitive)
         ctx.depth += 1
         try:
-            for rule in table:
+            for rule in plan.rules:
                 rule(self, value, node, tcode, loc, ctx, host)
         finally:
             ctx.depth -= 1
@@ -244,6 +245,11 @@ class Validator:
             raise
         except Exception as exc:  # noqa: BLE001 - never a traceback: the failure is an issue
             ctx.add("fatal", loc, _internal(exc), "exception", mid=M.INTERNAL_ERROR)
+
+
+def internal_error(exc: BaseException) -> str:
+    """The message of an unexpected failure inside a rule (reported where it happened)."""
+    return _internal(exc)
 
 
 def _internal(exc: BaseException) -> str:

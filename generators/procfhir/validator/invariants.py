@@ -127,6 +127,42 @@ def save_ast_cache() -> None:
         pass
 
 
+class Prepared:
+    """A constraint ready for the walk: its key, and ``guard``, the names of the children it reads
+    when its verdict on an element holding none of them is known to be "holds" (most of core's
+    invariants are ``x.empty() or ...`` / ``x.exists() implies ...``), else None."""
+
+    __slots__ = ("constraint", "key", "guard", "fast")
+
+    def __init__(self, constraint: dict[str, Any], guard: frozenset[str] | None, fast: Any = None) -> None:
+        self.constraint = constraint
+        self.key: str = constraint.get("key", "")
+        self.guard = guard
+        self.fast = fast  # the compiled closure (fastpath), when there is one and no native check
+
+
+# key names of an object -> every name a FHIRPath step can reach it by (see touched_names)
+_TOUCHED: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def touched_names(value: dict[str, Any]) -> frozenset[str]:
+    """The child names a compiled expression reads on ``value`` with a non-empty result or an
+    exception: each key, without the ``_`` of a primitive's twin, and each of its prefixes ended
+    by a capital (``valueString`` is read by ``value``, a choice element). Cached by key names."""
+    keys = tuple(value)
+    got = _TOUCHED.get(keys)
+    if got is None:
+        names: set[str] = set()
+        for k in keys:
+            k = k[1:] if k[:1] == "_" else k
+            names.add(k)
+            names.update(k[:i] for i in range(1, len(k)) if k[i].isupper())
+        got = frozenset(names)
+        if len(_TOUCHED) < 100_000:
+            _TOUCHED[keys] = got
+    return got
+
+
 class Invariants:
     def __init__(self) -> None:
         self._compiled: dict[str, Any] = {}
@@ -159,6 +195,31 @@ class Invariants:
                 return None
             self._compiled[expression] = fn
         return fn
+
+    def prepare(self, constraint: dict[str, Any]) -> Prepared:
+        """``constraint`` with its guard: when the expression reads only named children of the
+        element (no ``%``, ``$this``, children()...), the compiled form's value depends on those
+        children alone, so on an element holding none of them it is its value on ``{}``: when
+        that is "holds", the guard lets the walk skip it."""
+        key = constraint.get("key", "")
+        expression = constraint.get("expression")
+        guard = None
+        fast: Any = None
+        if key not in NATIVE and key not in UNSUPPORTED and isinstance(expression, str) and expression:
+            fn = self._compile(expression)
+            if fn is not None:
+                fast = self._fast.get(expression, _MISSING)
+                if fast is _MISSING:
+                    fast = self._fast[expression] = _fast_compile(fn)
+            names = self._names(expression)
+            if fast is not None and names is not None and not any(n[:1].isupper() for n in names):
+                try:
+                    empty = fast([{}], {})
+                except Exception:  # noqa: BLE001 - Unsupported or a defect: no guard
+                    empty = None
+                if empty == [] or empty == [True]:
+                    guard = names
+        return Prepared(constraint, guard, fast)
 
     def skipped(self, constraint: dict[str, Any]) -> bool:
         """Whether :meth:`check` returns None for ``constraint`` whatever the value."""

@@ -23,6 +23,8 @@ from procfhir.jsonwalk import strings
 from procfhir.validator import messages as M
 from procfhir.validator import txresources
 from procfhir.validator.definitions import Node
+from procfhir.validator.fastpath import Unsupported
+from procfhir.validator.invariants import Prepared, touched_names
 from procfhir.validator.quantity import QUANTITY_TYPES, UCUM, quantity_code, ucum_coding
 from procfhir.validator.terminology import Matcher
 from procfhir.validator.xhtml import check_div
@@ -253,60 +255,69 @@ def fixed_and_pattern(
 def children_and_invariants(
     v: Validator, value: Any, node: Node, tcode: str, loc: str, ctx: Ctx, host: Node | None
 ) -> None:
-    """A complex value's children (from this definition or its type's), then its invariants."""
+    """A complex value's children (from this definition or its type's), then its invariants
+    (both worked out once per element and type: :mod:`procfhir.validator.plan`)."""
     from procfhir.validator.structure import children
 
-    tsd = v.type_sd(node, tcode)
-    constraints = _effective_constraints(v, node, tsd.root if tsd is not None else None)
-    if node.children:
-        parent = node
-    elif node.content_ref:
-        target = node.sd.node_for_ref(node.content_ref)
-        parent = target if target is not None else node
-    elif tsd is not None:
-        parent = tsd.root
-    else:
+    plan = node.plans.get(tcode) or v.planner.plan(node, tcode)
+    if plan.parent is None:
         ctx.add("error", loc, f"type {tcode} is unknown", "structure", mid=M.TYPE_UNKNOWN)
         return
-    children(v, value, parent, loc, ctx, is_root=node is node.sd.root and node.sd.kind == "resource")
-    if constraints:
-        invariants(v, value, constraints, node, loc, ctx)
+    children(v, value, plan.parent, loc, ctx, plan.is_root)
+    if plan.constraints:
+        invariants(v, value, plan.constraints, node, loc, ctx)
 
 
 def primitive_invariants(
     v: Validator, value: Any, node: Node, tcode: str, loc: str, ctx: Ctx, host: Node | None
 ) -> None:
-    if node.constraints:
-        constraints = _effective_constraints(v, node, None)
-        if constraints:
-            invariants(v, value, constraints, node, loc, ctx)
+    plan = node.plans.get(tcode) or v.planner.plan(node, tcode)
+    if plan.constraints:
+        invariants(v, value, plan.constraints, node, loc, ctx)
 
 
-def _effective_constraints(v: Validator, node: Node, type_root: Node | None) -> list[dict[str, Any]]:
+def effective_constraints(v: Validator, node: Node, type_root: Node | None) -> list[dict[str, Any]]:
     """The invariants at ``node`` (its own, then its type's root's not overridden by key) that
     can give an outcome: those :meth:`Invariants.check` skips without evaluating (native keys
-    checked elsewhere, no expression) are left out. Cached per (node, type) on the validator."""
-    ck = (id(node), id(type_root))
-    hit = v.constraint_cache.get(ck)
-    if hit is not None:
-        return hit[2]
+    checked elsewhere, no expression) are left out."""
     constraints = node.constraints
     if type_root is not None and type_root is not node and type_root.constraints:
         have = {c.get("key") for c in constraints}
         constraints = constraints + [c for c in type_root.constraints if c.get("key") not in have]
-    kept = [c for c in constraints if not v.invariants.skipped(c)]
-    v.constraint_cache[ck] = (node, type_root, kept)  # the nodes pinned: their ids stay theirs
-    return kept
+    return [c for c in constraints if not v.invariants.skipped(c)]
 
 
 def invariants(
-    v: Validator, value: Any, constraints: list[dict[str, Any]], node: Node, loc: str, ctx: Ctx
+    v: Validator, value: Any, constraints: tuple[Prepared, ...], node: Node, loc: str, ctx: Ctx
 ) -> None:
-    for c in constraints:
-        key = c.get("key", "")
+    touched: frozenset[str] | None = None
+    env: dict[str, Any] | None = None
+    for p in constraints:
+        key = p.key
         if key == "dom-6" and ctx.resource is not ctx.root:
             continue  # contained resources carry no narrative of their own (the container's covers them)
-        outcome = v.invariants.check(c, value, node.path, ctx.resource, ctx.root)
+        if p.guard is not None and type(value) is dict:
+            if touched is None:
+                touched = touched_names(value)
+            if p.guard.isdisjoint(touched):
+                continue  # none of the children it reads: it holds (Invariants.prepare)
+        c = p.constraint
+        if p.fast is not None:  # Invariants.check's fast path, without its look-ups
+            if env is None:
+                env = {"resource": ctx.resource, "rootResource": ctx.root or ctx.resource}
+            try:
+                result = p.fast([value], env)
+            except Unsupported:
+                result = None
+            if result == [] or result == [True]:
+                continue
+            outcome = (
+                False
+                if result == [False]
+                else v.invariants.check(c, value, node.path, ctx.resource, ctx.root)
+            )
+        else:
+            outcome = v.invariants.check(c, value, node.path, ctx.resource, ctx.root)
         if outcome is True or outcome is None:
             continue
         if outcome is False:
@@ -843,6 +854,23 @@ _PRIMITIVE: tuple[Rule, ...] = (
 )
 _PRIMITIVE_BY_TYPE: dict[str, tuple[Rule, ...]] = {"canonical": (canonical,)}
 _BINDABLE = {"code", "Coding", "CodeableConcept", "Quantity", "string", "uri"}
+
+
+def _binding_inert(node: Node) -> bool:
+    b = node.binding
+    if not b:
+        return True
+    return _SEVERITY_BY_STRENGTH.get(b.get("strength") or "") is None or not isinstance(
+        b.get("valueSet"), str
+    )
+
+
+# rule -> when it cannot report anything at an element whatever the value (left out of its plan)
+INERT: dict[Rule, Callable[[Node], bool]] = {
+    value_limits: lambda n: n.max_length is None and n.min_value is None and n.max_value is None,
+    fixed_and_pattern: lambda n: n.fixed is None and n.pattern is None,
+    binding: _binding_inert,
+}
 
 
 def table_for(tcode: str, primitive: bool) -> tuple[Rule, ...]:

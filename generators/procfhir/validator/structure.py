@@ -8,7 +8,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from procfhir.validator import messages as M
-from procfhir.validator.definitions import Node
+from procfhir.validator.definitions import DefinitionsError, Node
+from procfhir.validator.engine import internal_error
 from procfhir.validator.rules import pattern_match
 
 if TYPE_CHECKING:
@@ -22,25 +23,45 @@ Entry = tuple[str, str, Any]
 
 
 def children(v: Validator, obj: dict[str, Any], parent: Node, loc: str, ctx: Ctx, is_root: bool) -> None:
-    groups = _group(v, obj, parent, loc, ctx, is_root)
-    for name, child in parent.children.items():
-        entries = groups.get(name)
-        if not entries:
-            _absent(v, obj, name, child, loc, ctx, parent)
+    """The object's properties against ``parent``'s children, in the definitions' order: those
+    present, and those absent that have a minimum cardinality or slices."""
+    table = parent.table or v.planner.table(parent)
+    groups = _group(v, obj, parent, table.keymap, loc, ctx, is_root)
+    order = table.order
+    if table.absent:
+        todo = [(order[name], name) for name in groups]
+        todo.extend(a for a in table.absent if a[1] not in groups)
+    elif len(groups) == 1:
+        for name, entries in groups.items():
+            _present(v, obj, name, parent.children[name], entries, loc, ctx, parent)
+        return
+    else:
+        todo = [(order[name], name) for name in groups]
+    todo.sort()
+    kids = parent.children
+    for _, name in todo:
+        got = groups.get(name)
+        if got is None:
+            _absent(v, obj, name, kids[name], loc, ctx, parent)
         else:
-            _present(v, obj, name, child, entries, loc, ctx, parent)
+            _present(v, obj, name, kids[name], got, loc, ctx, parent)
 
 
 def _group(
-    v: Validator, obj: dict[str, Any], parent: Node, loc: str, ctx: Ctx, is_root: bool
+    v: Validator,
+    obj: dict[str, Any],
+    parent: Node,
+    keymap: dict[str, tuple[str, str]],
+    loc: str,
+    ctx: Ctx,
+    is_root: bool,
 ) -> dict[str, list[Entry]]:
     """The object's properties by child name; unknown properties reported."""
-    keymap = parent.keymap()
     groups: dict[str, list[Entry]] = {}
     for key, value in obj.items():
         if (key == "resourceType" and is_root) or key == "fhir_comments":
             continue
-        if key.startswith("_"):
+        if key[:1] == "_":
             hit = keymap.get(key[1:])
             if hit is None or not hit[1][:1].islower():
                 ctx.add(
@@ -54,7 +75,11 @@ def _group(
             _unknown(key, parent, loc, ctx)
             continue
         name, tcode = hit
-        groups.setdefault(name, []).append((key, tcode, value))
+        got = groups.get(name)
+        if got is None:
+            groups[name] = [(key, tcode, value)]
+        else:
+            got.append((key, tcode, value))
     return groups
 
 
@@ -96,6 +121,24 @@ def _present(
         msg = f"only one of {name}[x] may be present ({', '.join(e[0] for e in entries)})"
         ctx.add("error", f"{loc}.{entries[1][0]}", msg, "structure", mid=M.CHOICE_MULTIPLE)
     key, tcode, value = entries[0]
+    if not isinstance(value, list) and not child.slices and tcode and tcode not in _EXT_TYPES:
+        # one value, no slicing (most properties): _items, _cardinality and the walk, inline
+        if child.repeats:
+            msg = f"{child.path} repeats (max {child.max or '*'}): it must be a JSON array"
+            ctx.add("error", f"{loc}.{key}", msg, "structure", mid=M.MUST_BE_ARRAY)
+        if child.min > 1 or (child.max is not None and child.max < 1):
+            _cardinality(child, key, 1, loc, ctx)
+        iloc = f"{loc}.{key}"
+        if value is None:
+            ctx.add("error", iloc, "null is not allowed here", "structure", mid=M.NULL_NOT_ALLOWED)
+            return
+        try:
+            v.instance(value, child, tcode, iloc, ctx, parent)
+        except (RecursionError, DefinitionsError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - never a traceback: the failure is an issue
+            ctx.add("fatal", iloc, internal_error(exc), "exception", mid=M.INTERNAL_ERROR)
+        return
     items = _items(key, value, child, loc, ctx)
     _cardinality(child, key, len(items), loc, ctx)
     if not tcode:
@@ -111,8 +154,14 @@ def _present(
     if child.slices or tcode in _EXT_TYPES:
         slices(v, child, real, loc, ctx, parent)
     else:
+        instance = v.instance
         for iloc, item, _ in real:
-            v.safely(item, child, tcode, iloc, ctx, parent)
+            try:  # Validator.safely, inline
+                instance(item, child, tcode, iloc, ctx, parent)
+            except (RecursionError, DefinitionsError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - never a traceback: the failure is an issue
+                ctx.add("fatal", iloc, internal_error(exc), "exception", mid=M.INTERNAL_ERROR)
 
 
 def _items(key: str, value: Any, child: Node, loc: str, ctx: Ctx) -> list[tuple[str, Any]]:
@@ -123,7 +172,8 @@ def _items(key: str, value: Any, child: Node, loc: str, ctx: Ctx) -> list[tuple[
             ctx.add("error", f"{loc}.{key}", msg, "structure", mid=M.NOT_AN_ARRAY)
         if not value:
             ctx.add("error", f"{loc}.{key}", "arrays must not be empty", "structure", mid=M.ARRAY_EMPTY)
-        return [(f"{loc}.{key}[{i}]", item) for i, item in enumerate(value)]
+        kloc = f"{loc}.{key}"
+        return [(f"{kloc}[{i}]", item) for i, item in enumerate(value)]
     if child.repeats:
         msg = f"{child.path} repeats (max {child.max or '*'}): it must be a JSON array"
         ctx.add("error", f"{loc}.{key}", msg, "structure", mid=M.MUST_BE_ARRAY)
