@@ -225,7 +225,7 @@ def slices(
     matched: dict[int, list[tuple[str, Any, str]]] = {i: [] for i in range(len(child.slices))}
     for iloc, item, tcode in items:
         which = next(
-            (i for i, sl in enumerate(child.slices) if _matches_slice(v, item, sl, discs, is_ext)),
+            (i for i, sl in enumerate(child.slices) if _matches_slice(v, item, sl, discs, is_ext, ctx, iloc)),
             None,
         )
         if which is not None:
@@ -252,20 +252,24 @@ def slices(
             v.safely(item, sl, tcode, iloc, ctx, parent)
 
 
-def _matches_slice(v: Validator, value: Any, sl: Node, discs: list[dict[str, Any]], is_ext: bool) -> bool:
+def _matches_slice(
+    v: Validator, value: Any, sl: Node, discs: list[dict[str, Any]], is_ext: bool, ctx: Ctx, loc: str
+) -> bool:
     if not isinstance(value, dict) and not discs:
         return False
     for d in discs:
         path = d.get("path", "$this")
-        if not _disc_matches(v, value, sl, d.get("type", "value"), path, is_ext):
+        if "resolve()" in path:  # the reference resolved within the resource or its bundle
+            from procfhir.validator.resolve import resolve_matches
+
+            if not resolve_matches(v, value, sl, d.get("type", "value"), path, ctx, loc):
+                return False
+        elif not _disc_matches(v, value, sl, d.get("type", "value"), path, is_ext):
             return False
     return True
 
 
 def _disc_matches(v: Validator, value: Any, sl: Node, dtype: str, path: str, is_ext: bool) -> bool:
-    resolve = path.endswith("resolve()") or ".resolve()." in path
-    if resolve:
-        return False  # resolve() needs the target resource; we never fetch it (no slice matched)
     if dtype in ("value", "pattern"):
         want = _slice_value(sl, path, is_ext)
         return want is not None and any(pattern_match(want, g) for g in follow(value, path))
