@@ -538,6 +538,28 @@ def test_a_worker_failing_stops_the_batch_and_writes_nothing(package, tmp_path, 
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["contexts.ndjson"]
 
 
+def test_pieces_of_any_size_hold_every_line_once(monkeypatch):
+    """Cut into pieces of any size, the input gives back each of its lines once, with its number
+    (blank, CRLF, overlong, a last line without newline, lines longer than a piece)."""
+    import io
+
+    from procfhir.apply import batch
+    from procfhir.strictio import bounded_lines
+
+    monkeypatch.setattr(batch, "MAX_LINE_BYTES", 20)
+    data = b"a\n\nbb\nccc\r\n" + b"x" * 50 + b"\n \n" + b"y" * 19 + b"\n\n\nzz"
+    expected = [(n, raw) for n, raw in enumerate(bounded_lines(io.BytesIO(data), 20), 1) if raw.strip()]
+    assert len(expected) == 6
+    f = io.BytesIO(data)
+    for size in range(1, len(data) + 3):
+        got, base = [], 0
+        for k in range(-(-len(data) // size)):
+            lines, n = batch.piece_lines(f, k, size, len(data))
+            got += [(base + rel, raw) for rel, raw in lines]
+            base += n
+        assert got == expected, size
+
+
 def test_workers_cut_the_input_into_pieces_without_changing_the_output(package, tmp_path, monkeypatch):
     """With several workers each reads its own pieces of the input (offset, length, first line
     number): blank lines, CRLF, a last line without newline, an overlong line (longer than a

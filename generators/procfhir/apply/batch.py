@@ -8,22 +8,25 @@ context succeeded, so a failed context writes nothing. Output (in ``out_dir``):
 - ``summary.json``: counts.
 
 Everything is written in a temporary folder beside ``out_dir`` and renamed at the end. With
-``workers > 1`` the parent only cuts the input into pieces of whole lines (offset, length, number
-of the first line: it looks at newlines, nothing else); each worker process, forked once the plan
-is loaded, reads, parses and applies its pieces itself and appends their output to the files when
-the pieces before have been written (a turn shared by the workers), so the output is the same,
-byte for byte, as with one worker. At most ``2 * workers`` pieces are in flight.
+``workers > 1`` the input is cut into pieces of ``PIECE_BYTES`` (a piece holds the lines that
+start in its bytes); worker ``w`` of ``n``, forked once the plan is loaded, reads, parses and
+applies pieces ``w``, ``w + n``, ``w + 2n``... itself (finding where its lines start by looking
+for the newline before), and appends each piece's output to the files in its turn, after the
+piece before it (a turn shared by the workers, which also counts the lines written so far, so
+that a failed context's OperationOutcome names its line in the whole input). The parent only
+starts the workers and adds up their counts: no line goes through it, and the output is the same,
+byte for byte, as with one worker.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections import deque
+import pickle
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import orjson
 
@@ -37,13 +40,11 @@ from procfhir.strictio import (
     loads_json,
 )
 
-if TYPE_CHECKING:
-    from concurrent.futures import Future
-
 MAX_LINE_BYTES = 64 * 1024 * 1024  # one context (NDJSON line)
 
 CHUNK = 256  # contexts applied together (one worker)
 PIECE_BYTES = 256 * 1024  # input read, applied and written together by a worker (several workers)
+SCAN_BYTES = 64 * 1024  # read at a time when looking for the start of a line
 WRITE_BUFFER = 1 << 20  # output files (without os.writev): the lines of a chunk go through this
 IOV_MAX = 1024  # buffers per os.writev call (POSIX guarantees at least 16; Linux allows 1024)
 
@@ -66,16 +67,24 @@ class BatchReport:
         }
 
 
-def failure_outcome(line: int, exc: Exception) -> dict[str, Any]:
+def failure(exc: Exception) -> tuple[str, str, str | None]:
+    """(issue code, message, location) of a failed context, without the error itself (which
+    holds its traceback, the context's frames...)."""
     if isinstance(exc, NotApplicable):
         code = "business-rule"
     elif isinstance(exc, ApplyError):
         code = "invalid"
     else:
         code = "processing"
-    issue: dict[str, Any] = {"severity": "error", "code": code, "diagnostics": f"line {line}: {exc}"}
-    if isinstance(exc, ApplyError) and exc.field and not isinstance(exc, NotApplicable):
-        issue["location"] = [exc.field]
+    location = exc.field if isinstance(exc, ApplyError) and not isinstance(exc, NotApplicable) else None
+    return code, str(exc), location or None
+
+
+def failure_outcome(line: int, exc: Exception | tuple[str, str, str | None]) -> dict[str, Any]:
+    code, text, location = failure(exc) if isinstance(exc, Exception) else exc
+    issue: dict[str, Any] = {"severity": "error", "code": code, "diagnostics": f"line {line}: {text}"}
+    if location:
+        issue["location"] = [location]
     return {"resourceType": "OperationOutcome", "id": f"line-{line}", "issue": [issue]}
 
 
@@ -117,21 +126,6 @@ def _write_lines(f: IO[bytes], data: list[bytes]) -> None:
                 rest = rest[os.write(fd, rest) :]
 
 
-_TURN: Any = None  # (Condition, next piece to write, abort flag), shared with the workers
-_FOLDER: Path | None = None
-_FILES: dict[str, IO[bytes]] = {}
-_INPUT: IO[bytes] | None = None  # a worker's own handle on the input (its own file offset)
-
-
-def _init_worker(args: tuple[Any, ...], turn: Any, folder: Path, in_path: Path) -> None:
-    global _APPLIER_ARGS, _APPLIER, _TURN, _FOLDER, _INPUT
-    if args != _APPLIER_ARGS:  # forked from the parent: its loaded plan is reused
-        _APPLIER_ARGS, _APPLIER = args, None
-    _TURN, _FOLDER = turn, folder
-    _FILES.clear()
-    _INPUT = open(in_path, "rb")  # noqa: SIM115  (open for the worker's life)
-
-
 class _Piece:
     """``length`` bytes of a file from its current offset, read by lines (for bounded_lines)."""
 
@@ -147,56 +141,107 @@ class _Piece:
         return line
 
 
-def read_piece(f: IO[bytes], offset: int, length: int, first_line: int) -> list[tuple[int, bytes]]:
-    """The non-blank (line number, line) of a piece of the input, as :func:`_chunks` gives them."""
-    f.seek(offset)
-    lines = bounded_lines(_Piece(f, length), MAX_LINE_BYTES)  # type: ignore[arg-type]
-    return [(n, raw) for n, raw in enumerate(lines, start=first_line) if raw.strip()]
+def line_start(f: IO[bytes], pos: int, total: int, limit: int | None = None) -> int | None:
+    """The offset of the first line of the file starting at or after ``pos`` (``total`` when
+    none does); None when ``limit`` is given and none starts before it."""
+    if pos <= 0:
+        return 0
+    if pos >= total:
+        return total if limit is None else None
+    stop = total if limit is None else min(limit, total + 1) - 1  # newlines looked for before
+    at = pos - 1  # a line starts after a newline
+    f.seek(at)
+    while at < stop:
+        block = f.read(min(SCAN_BYTES, stop - at))
+        if not block:
+            break
+        i = block.find(b"\n")
+        if i >= 0:
+            return at + i + 1
+        at += len(block)
+    return total if limit is None else None
 
 
-def pieces(src: IO[bytes], size: int) -> Iterator[tuple[int, int, int]]:
-    """Cut the input into pieces of whole lines, about ``size`` bytes each: (offset, length,
-    number of its first line). Only newlines are looked at (counted in C): the lines themselves
-    are read, parsed and applied by the workers."""
-    pos = start = 0
-    line = 1
-    newlines = 0
-    while data := src.read(size):
-        cut = data.rfind(b"\n")
-        if cut >= 0:  # the piece ends after the block's last newline; the rest starts the next
-            newlines += data.count(b"\n")
-            end = pos + cut + 1
-            yield start, end - start, line
-            start, line, newlines = end, line + newlines, 0
-        pos += len(data)
-    if pos > start:
-        yield start, pos - start, line
+def piece_lines(f: IO[bytes], k: int, size: int, total: int) -> tuple[list[tuple[int, bytes]], int]:
+    """Piece ``k`` of the input: the lines starting in bytes ``[k * size, (k + 1) * size)``, as
+    (line number within the piece, line) without the blank ones, and the number of lines."""
+    start = line_start(f, k * size, total, limit=(k + 1) * size)
+    if start is None:  # inside a line begun in an earlier piece (longer than a piece)
+        return [], 0
+    end = line_start(f, (k + 1) * size, total)
+    assert end is not None
+    f.seek(start)
+    count = 0
+    out: list[tuple[int, bytes]] = []
+    for count, raw in enumerate(bounded_lines(_Piece(f, end - start), MAX_LINE_BYTES), start=1):  # type: ignore[arg-type]
+        if raw.strip():
+            out.append((count, raw))
+    return out, count
 
 
-def apply_piece(index: int, offset: int, length: int, first_line: int) -> Chunk:
-    """In a worker: read and apply a piece of the input, then, when the pieces before it are
-    written, append its lines to the output files (in input order, without sending them through
-    the parent); give back the counts only."""
-    assert _INPUT is not None
-    result = apply_lines(read_piece(_INPUT, offset, length, first_line))
-    cond, next_index, abort = _TURN
-    assert _FOLDER is not None
+class _Stopped(Exception):
+    """A worker stops: another one failed."""
+
+
+def _write_in_turn(
+    k: int, chunk: Chunk, lines: int, turn: Any, folder: Path, files: dict[str, IO[bytes]]
+) -> None:
+    """When the pieces before ``k`` are written, append piece ``k``'s lines to the output files
+    (its failures numbered after the lines of the pieces before it)."""
+    cond, next_index, abort, lines_before = turn
     with cond:
-        while next_index.value != index:
+        while next_index.value != k:
             if abort.value:
-                raise ApplyError("batch", "stopped: another chunk failed")
+                raise _Stopped("stopped: another worker failed")
             cond.wait(0.5)
         try:
-            for rtype, (data, _count) in result.packed.items():
-                f = _FILES.get(rtype)
+            base = lines_before.value
+            for rtype, data in chunk.output(base):
+                f = files.get(rtype)
                 if f is None:
-                    f = _FILES[rtype] = _open_out(_FOLDER / f"{rtype}.ndjson", "ab")
+                    f = files[rtype] = _open_out(folder / f"{rtype}.ndjson", "ab")
                 _write_lines(f, data)
+            lines_before.value = base + lines
         finally:
             next_index.value += 1
             cond.notify_all()
-    result.packed = {t: ([], count) for t, (_, count) in result.packed.items()}
-    return result
+
+
+def _work(
+    w: int, workers: int, in_path: Path, total: int, turn: Any, folder: Path, args: tuple[Any, ...], conn: Any
+) -> None:
+    """A worker process: reads, parses and applies pieces ``w``, ``w + workers``... of the input
+    itself, writes each in its turn, and sends back its counts (or its error)."""
+    global _APPLIER_ARGS, _APPLIER
+    try:
+        if args != _APPLIER_ARGS:  # (forked from the parent: its loaded plan is reused)
+            _APPLIER_ARGS, _APPLIER = args, None
+        counts = Chunk()
+        files: dict[str, IO[bytes]] = {}
+        try:
+            with open(in_path, "rb") as f:
+                size = PIECE_BYTES
+                for k in range(w, max(1, -(-total // size)), workers):
+                    lines, n = piece_lines(f, k, size, total)
+                    chunk = apply_lines(lines)
+                    _write_in_turn(k, chunk, n, turn, folder, files)
+                    counts.count(chunk)
+        finally:
+            for out in files.values():
+                out.close()
+        conn.send(("done", counts.totals()))
+    except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
+        cond, _, abort, _ = turn
+        abort.value = 1
+        with cond:
+            cond.notify_all()
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # noqa: BLE001 - an exception that does not travel: its words do
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        conn.send(("error", exc))
+    finally:
+        conn.close()
 
 
 def parse_line(raw: bytes) -> Any:
@@ -239,6 +284,9 @@ class Chunk:
     contexts: int = 0
     failed: int = 0
     warnings: int = 0
+    # (line number, error) of each failed context: its OperationOutcome is written with the line
+    # number in the whole input (a worker knows it only when the pieces before are written)
+    failures: list[tuple[int, tuple[str, str, str | None]]] = field(default_factory=list)
 
     def add(self, rtype: str, line: bytes) -> None:
         lines = self.lines.get(rtype)
@@ -259,6 +307,31 @@ class Chunk:
         self.lines = {}
         return self
 
+    def output(self, base: int = 0) -> Iterator[tuple[str, list[bytes]]]:
+        """(type, data for :func:`_write_lines`) of the chunk; failures numbered from ``base``."""
+        for rtype, (data, _count) in self.packed.items():
+            yield rtype, data
+        if self.failures:
+            data = []
+            for lineno, what in self.failures:
+                outcome = failure_outcome(base + lineno, what)
+                data += [json.dumps(outcome, ensure_ascii=False).encode(), b"\n"]
+            yield "OperationOutcome", data
+
+    def count(self, other: Chunk) -> None:
+        """Add the counts of ``other`` (its lines are not kept)."""
+        self.contexts += other.contexts
+        self.failed += other.failed
+        self.warnings += other.warnings
+        for rtype, (_data, n) in other.packed.items():
+            self.packed[rtype] = ([], self.packed.get(rtype, ([], 0))[1] + n)
+
+    def totals(self) -> Chunk:
+        """The counts alone (what a worker sends back)."""
+        out = Chunk(contexts=self.contexts, failed=self.failed, warnings=self.warnings)
+        out.packed = {t: ([], n) for t, (_data, n) in self.packed.items()}
+        return out
+
 
 def apply_lines(chunk: list[tuple[int, bytes]]) -> Chunk:
     """Apply each (line number, line) of a chunk."""
@@ -276,7 +349,7 @@ def apply_lines(chunk: list[tuple[int, bytes]]) -> Chunk:
             lines, warnings = applier.apply_json(obj)
         except (ApplyError, KnowledgeError) as exc:
             out.failed += 1
-            out.add("OperationOutcome", json.dumps(failure_outcome(lineno, exc), ensure_ascii=False).encode())
+            out.failures.append((lineno, failure(exc)))
             continue
         out.warnings += warnings
         for rtype, line in lines:
@@ -309,14 +382,14 @@ class _Writer:
         rep.failed += chunk.failed
         rep.applied += chunk.contexts - chunk.failed
         rep.warnings += chunk.warnings
-        for rtype, (data, count) in chunk.packed.items():
+        for rtype, (_data, count) in chunk.packed.items():
+            rep.resources[rtype] = rep.resources.get(rtype, 0) + count
+        for rtype, data in chunk.output():
             if data:  # (the workers of a parallel run write their own lines)
                 f = self.files.get(rtype)
                 if f is None:
                     f = self.files[rtype] = _open_out(self.folder / f"{rtype}.ndjson", "wb")
                 _write_lines(f, data)
-            if rtype != "OperationOutcome":
-                rep.resources[rtype] = rep.resources.get(rtype, 0) + count
 
     def close(self) -> None:
         for f in self.files.values():
@@ -352,7 +425,7 @@ def apply_batch(
                     for chunk in _chunks(bounded_lines(src, MAX_LINE_BYTES), CHUNK):
                         writer.write(apply_lines(chunk))
                 else:
-                    _run_parallel(src, writer, workers, args, tmp)
+                    _run_parallel(in_path, writer, workers, args, tmp)
         finally:
             writer.close()
         (tmp / "summary.json").write_text(
@@ -361,24 +434,48 @@ def apply_batch(
     return writer.report
 
 
-def _run_parallel(src: IO[bytes], writer: _Writer, workers: int, args: tuple[Any, ...], folder: Path) -> None:
+def _run_parallel(in_path: Path, writer: _Writer, workers: int, args: tuple[Any, ...], folder: Path) -> None:
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor  # (imported only for a parallel run)
+    from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else multiprocessing.get_context()
-    turn = (ctx.Condition(), ctx.Value("q", 0), ctx.Value("b", 0))
-    initargs = (args, turn, folder, Path(src.name))
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool:
-        pending: deque[Future[Any]] = deque()
-        try:
-            for index, piece in enumerate(pieces(src, PIECE_BYTES)):
-                pending.append(pool.submit(apply_piece, index, *piece))
-                if len(pending) >= 2 * workers:  # bounded: memory stays flat
-                    writer.write(pending.popleft().result())
-            while pending:
-                writer.write(pending.popleft().result())
-        except BaseException:
-            turn[2].value = 1  # the workers waiting for their turn stop
-            for f in pending:
-                f.cancel()
-            raise
+    # (condition, next piece to write, abort flag, lines in the pieces written)
+    turn = (ctx.Condition(), ctx.Value("q", 0), ctx.Value("b", 0), ctx.Value("q", 0))
+    total = in_path.stat().st_size  # what the workers share; a line written meanwhile is not read
+    procs: dict[Any, Any] = {}
+    try:
+        for w in range(workers):
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=_work, args=(w, workers, in_path, total, turn, folder, args, send), daemon=True
+            )
+            proc.start()
+            send.close()  # (the worker's end: its death shows as end of file here)
+            procs[receive] = proc
+        error: BaseException | None = None
+        waiting = dict(procs)
+        while waiting:
+            ready: list[Any] = wait(list(waiting))
+            for conn in ready:
+                proc = waiting.pop(conn)
+                try:
+                    kind, value = conn.recv()
+                except EOFError:
+                    proc.join()
+                    kind, value = "error", RuntimeError(f"a worker process ended (exit code {proc.exitcode})")
+                if kind == "done":
+                    writer.write(value)
+                elif error is None or isinstance(error, _Stopped):  # the first cause is raised
+                    error = value
+                    turn[2].value = 1
+        if error is not None:
+            raise error
+    except BaseException:
+        turn[2].value = 1  # the workers waiting for their turn stop
+        for proc in procs.values():
+            if proc.is_alive():
+                proc.terminate()
+        raise
+    finally:
+        for proc in procs.values():
+            proc.join()
