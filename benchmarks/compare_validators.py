@@ -41,7 +41,6 @@ CAUSES: dict[tuple[str, str], str] = {
     ("hapi", "IG_HL7_WG_REQUIRED"): "HL7-publishing rules for HL7's own IGs: not implemented",
     ("hapi", "?"): "HAPI failed internally on the resource (HAPI-0389 ... HAPI-0650: it tried to fetch "
     "a value set from the network)",
-    ("hapi", "MEASURE_M_CRITERIA_CQL_NO_LIB"): "Measure-specific CQL checks: not implemented",
     ("hapi", "VALIDATION_HL7_PUBLISHER_MISMATCH"): "HL7-publishing rule (work group vs publisher): "
     "not implemented",
     ("ours", "CARD_MIN"): "HAPI reports the same missing element on its parent (matched when at the parent)",

@@ -154,6 +154,7 @@ def test_every_check_category_has_a_fixture() -> None:
         "quantity",
         "conceptmap",
         "valueset",
+        "measure",
     }
 
 

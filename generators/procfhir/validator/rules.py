@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from procfhir.jsonwalk import strings
+from procfhir.validator import measure, txresources
 from procfhir.validator import messages as M
-from procfhir.validator import txresources
 from procfhir.validator.definitions import Node
 from procfhir.validator.fastpath import Unsupported
 from procfhir.validator.invariants import Prepared, touched_names
@@ -887,5 +887,6 @@ RESOURCE_RULES: dict[str, tuple[ResourceRule, ...]] = {
     "StructureDefinition": (differential,),
     "ConceptMap": (txresources.concept_map,),
     "ValueSet": (txresources.value_set,),
+    "Measure": (measure.measure,),
 }
 RESOURCE_RULES_ALL: tuple[ResourceRule, ...] = (contained_referenced,)
