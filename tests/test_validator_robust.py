@@ -148,3 +148,35 @@ def test_outcome_file_bytes_are_the_standard_encoders() -> None:
     text = '\x00\x01\x1f\x7f\u2028"\\ é 😀 \b\f\n\r\t'
     outcome = {"resourceType": "OperationOutcome", "issue": [{"diagnostics": text, "expression": []}]}
     assert _outcome_bytes(outcome) == (json.dumps(outcome, indent=2, ensure_ascii=False) + "\n").encode()
+    # written piece by piece from the issues (validate --outcome): the same bytes
+    from procfhir.commands.validate import _outcome_chunks
+    from procfhir.validator.issues import Issue, sort_issues, to_operation_outcome
+
+    for issues in (
+        [],
+        [Issue("error", "A.b", text, "value", "k-1", "f.json", "MID")],
+        [Issue("warning", "", "x"), Issue("information", "C", "y\nz", source="g.json")],
+    ):
+        whole = to_operation_outcome(issues)
+        want = (json.dumps(whole, indent=2, ensure_ascii=False) + "\n").encode()
+        assert b"".join(_outcome_chunks(sort_issues(issues))) == want
+
+
+def test_large_inputs_first_same_issues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second pass validates large files first (memory); every input is still validated
+    once per time it is named, with the same issues."""
+    if not fhircache.is_filled():
+        pytest.skip("FHIR package cache not filled")
+    from procfhir.validator import run as run_mod
+
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps({"resourceType": "Patient", "gender": "x"}))
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps({"resourceType": "Patient", "active": "yes", "id": "b"}))
+    monkeypatch.setattr(run_mod, "KEEP_BYTES", 0)  # the two-pass path
+    normal = run_mod.run([str(a), str(b), str(a)])
+    monkeypatch.setattr(run_mod, "BIG_BYTES", 10)  # every file "large"
+    first = run_mod.run([str(a), str(b), str(a)])
+    assert normal.resources == first.resources == 3
+    assert sorted(normal.issues) == sorted(first.issues) and normal.issues
+    assert sorted(i.source for i in normal.issues) == sorted(i.source for i in first.issues)

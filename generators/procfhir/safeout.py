@@ -125,13 +125,14 @@ def replace_folder(out_dir: str | Path, files: dict[str, bytes], *, replace: boo
 
 def write_file(
     path: str | Path,
-    data: bytes,
+    data: bytes | list[bytes],
     *,
     may_replace: Callable[[Path], bool] | None = None,
     what: str = "",
     parents: bool = True,
 ) -> None:
-    """Write one file atomically (temporary sibling, then rename).
+    """Write one file atomically (temporary sibling, then rename); ``data``: its bytes, or the
+    pieces to write one after the other.
 
     An existing file is replaced only when ``may_replace(path)`` says it is ours (default: never);
     ``what`` names what we write (said in the refusal). Missing parent folders are made only when
@@ -148,7 +149,10 @@ def write_file(
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; the file is meant to be read like any other
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, list):
+                f.writelines(data)
+            else:
+                f.write(data)
         os.replace(tmp, p)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

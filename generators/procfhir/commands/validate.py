@@ -15,6 +15,7 @@ import click
 import orjson
 
 from procfhir.safeout import OutputRefused, check_file, is_json_resource, write_file
+from procfhir.validator.issues import Issue, to_operation_outcome
 
 
 @click.command(name="validate")
@@ -74,7 +75,7 @@ def command(
         return
     if not paths:
         raise click.UsageError("give at least one file, folder, Bundle or package .tgz to validate")
-    from procfhir.validator.issues import has_errors, summary, to_operation_outcome
+    from procfhir.validator.issues import has_errors, sort_issues, summary
     from procfhir.validator.run import run
 
     if outcome_path and outcome_path != "-":
@@ -85,16 +86,17 @@ def command(
             sys.exit(2)
 
     result = run(list(paths), profile=profile, definitions=list(definitions), workers=workers, strict=strict)
-    issues = result.issues
+    issues = sort_issues(result.issues)
+    result.issues = []  # one list of the issues held (sorted)
     shown = [i for i in issues if not quiet or i.severity != "information"]
-    outcome = to_operation_outcome(issues)
     code = 2 if result.could_not_run else 1 if has_errors(issues) else 0
     if outcome_path == "-":
-        click.echo(json.dumps(outcome, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(to_operation_outcome(issues), indent=2, ensure_ascii=False))
         sys.exit(code)
     click.echo(summary(shown, result.resources))
+    del shown
     if outcome_path:
-        data = _outcome_bytes(outcome)
+        data = _outcome_chunks(issues)
         try:
             write_file(
                 outcome_path, data, may_replace=_our_outcome, what="not an OperationOutcome", parents=False
@@ -103,6 +105,28 @@ def command(
             click.echo(f"error: cannot write the OperationOutcome: {exc}", err=True)
             sys.exit(2)
     sys.exit(code)
+
+
+_HEAD = b'{\n  "resourceType": "OperationOutcome",\n  "issue": [\n    '
+
+
+def _outcome_chunks(issues: list[Issue]) -> list[bytes]:
+    """:func:`_outcome_bytes` of the OperationOutcome of ``issues`` (sorted), one piece per issue,
+    made without the outcome's dicts all at once (44,000 issues: ~40 MB of objects at the end
+    of a run, when memory is at its fullest). Each issue is indented as in the whole: its lines
+    shifted by 4 spaces (a JSON string holds no raw line break)."""
+    if not issues:
+        return [_outcome_bytes(to_operation_outcome(issues))]
+    out = [_HEAD]
+    try:
+        for n, issue in enumerate(issues):
+            if n:
+                out.append(b",\n    ")
+            out.append(orjson.dumps(issue.to_fhir(), option=orjson.OPT_INDENT_2).replace(b"\n", b"\n    "))
+    except TypeError:  # what orjson refuses (a lone surrogate): the standard encoder decides
+        return [_outcome_bytes(to_operation_outcome(issues))]
+    out.append(b"\n  ]\n}\n")
+    return out
 
 
 def _outcome_bytes(outcome: dict[str, Any]) -> bytes:
@@ -115,6 +139,19 @@ def _outcome_bytes(outcome: dict[str, Any]) -> bytes:
         return (json.dumps(outcome, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+_JUDGED: dict[tuple[str, int, int, int, int], bool] = {}
+
+
 def _our_outcome(path: Path) -> bool:
-    """An existing --outcome file is replaced only when it holds an OperationOutcome (what we write)."""
-    return is_json_resource(path, "OperationOutcome")
+    """An existing --outcome file is replaced only when it holds an OperationOutcome (what we write).
+    Asked before validating and again when writing: the file unchanged since (same inode, size
+    and modification time), the first answer stands (reading a large outcome again at the end,
+    with all the issues in memory, would be the run's peak of memory)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return is_json_resource(path, "OperationOutcome")
+    key = (str(path.absolute()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _JUDGED:
+        _JUDGED[key] = is_json_resource(path, "OperationOutcome")
+    return _JUDGED[key]

@@ -140,6 +140,11 @@ def _tgz(path: Path) -> Iterator[tuple[str, bytes | None, Issue | None]]:
         )
 
 
+def read_file(path: Path) -> tuple[bytes | None, Issue | None]:
+    """One file's bytes, or the issue saying why it cannot be read."""
+    return _read(path)
+
+
 def _read(path: Path) -> tuple[bytes | None, Issue | None]:
     try:
         return read_bytes(path, max_bytes=MAX_FILE_BYTES), None
