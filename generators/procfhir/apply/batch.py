@@ -20,6 +20,7 @@ byte for byte, as with one worker.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pickle
@@ -226,6 +227,7 @@ def _work(
                     chunk = apply_lines(lines)
                     _write_in_turn(k, chunk, n, turn, folder, files)
                     counts.count(chunk)
+                    del lines, chunk  # (not alive while the next piece is read and applied)
         finally:
             for out in files.values():
                 out.close()
@@ -278,8 +280,9 @@ def _depth(value: Any) -> int:
 class Chunk:
     """What a chunk of contexts gives: per resource type, its NDJSON lines, in input order."""
 
-    lines: dict[str, list[bytes]] = field(default_factory=dict)
-    # type -> (its lines, each followed by b"\n", for writelines; count of lines)
+    # type -> (its lines, each followed by b"\n", for _write_lines; count of lines): the lines
+    # are not joined into one bytes: a chunk's output (megabytes) would be a fresh allocation
+    # each time, its pages faulted in by the kernel then given back (half the system time)
     packed: dict[str, tuple[list[bytes], int]] = field(default_factory=dict)
     contexts: int = 0
     failed: int = 0
@@ -287,25 +290,6 @@ class Chunk:
     # (line number, error) of each failed context: its OperationOutcome is written with the line
     # number in the whole input (a worker knows it only when the pieces before are written)
     failures: list[tuple[int, tuple[str, str, str | None]]] = field(default_factory=list)
-
-    def add(self, rtype: str, line: bytes) -> None:
-        lines = self.lines.get(rtype)
-        if lines is None:
-            lines = self.lines[rtype] = []
-        lines.append(line)
-
-    def pack(self) -> Chunk:
-        """The lines of each type interleaved with newlines, without copying them: joined into one
-        bytes, a chunk's output (megabytes) would be a fresh allocation each time, its pages
-        faulted in by the kernel then given back (half the system time of a run)."""
-        packed: dict[str, tuple[list[bytes], int]] = {}
-        for t, v in self.lines.items():
-            data = [b"\n"] * (2 * len(v))
-            data[::2] = v
-            packed[t] = (data, len(v))
-        self.packed = packed
-        self.lines = {}
-        return self
 
     def output(self, base: int = 0) -> Iterator[tuple[str, list[bytes]]]:
         """(type, data for :func:`_write_lines`) of the chunk; failures numbered from ``base``."""
@@ -337,6 +321,7 @@ def apply_lines(chunk: list[tuple[int, bytes]]) -> Chunk:
     """Apply each (line number, line) of a chunk."""
     applier = _applier()
     out = Chunk()
+    by_type: dict[str, list[bytes]] = {}
     for lineno, raw in chunk:
         out.contexts += 1
         try:
@@ -353,8 +338,12 @@ def apply_lines(chunk: list[tuple[int, bytes]]) -> Chunk:
             continue
         out.warnings += warnings
         for rtype, line in lines:
-            out.add(rtype, line)
-    return out.pack()
+            data = by_type.get(rtype)
+            if data is None:
+                data = by_type[rtype] = []
+            data += (line, b"\n")
+    out.packed = {t: (data, len(data) // 2) for t, data in by_type.items()}
+    return out
 
 
 def _chunks(lines: Iterable[bytes], size: int) -> Iterator[list[tuple[int, bytes]]]:
@@ -419,6 +408,9 @@ def apply_batch(
     _applier()  # load the plan before any output: a broken package fails here, nothing written
     with staged_folder(out_dir, replace=overwrite, hint=hint) as tmp:
         writer = _Writer(tmp)
+        # The modules and the plan live as long as the run: the cyclic garbage collector need
+        # not walk them again and again (nor touch their pages in forked workers)
+        gc.freeze()
         try:
             with open(in_path, "rb") as src:
                 if workers <= 1:
@@ -428,6 +420,7 @@ def apply_batch(
                     _run_parallel(in_path, writer, workers, args, tmp)
         finally:
             writer.close()
+            gc.unfreeze()
         (tmp / "summary.json").write_text(
             json.dumps(writer.report.as_dict(), indent=2) + "\n", encoding="utf-8"
         )

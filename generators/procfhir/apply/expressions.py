@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from functools import lru_cache
 from typing import Any
 
 import fhirpathpy
@@ -60,18 +61,20 @@ def project(value: Any, names: frozenset[str]) -> Any:
     """Keep only the object keys in ``names`` (and their ``_name`` primitive extensions, and the
     typed forms ``performedDateTime``... of the choice elements named), deeply."""
     choices = tuple(names & CHOICE_NAMES)
-    return _project(value, names, choices) if choices else _project_plain(value, names)
+    return _project(value, names, choices) if choices else _project_plain(value, _with_twins(names))
 
 
-def _project_plain(value: Any, names: frozenset[str]) -> Any:
+@lru_cache(maxsize=256)
+def _with_twins(names: frozenset[str]) -> frozenset[str]:
+    """The names and their ``_name`` primitive-extension twins (one set lookup per key)."""
+    return names | {"_" + n for n in names}
+
+
+def _project_plain(value: Any, keep: frozenset[str]) -> Any:
     if type(value) is dict:
-        return {
-            k: _project_plain(v, names)
-            for k, v in value.items()
-            if k in names or (k[:1] == "_" and k[1:] in names)
-        }
+        return {k: _project_plain(v, keep) for k, v in value.items() if k in keep}
     if type(value) is list:
-        return [_project_plain(v, names) for v in value]
+        return [_project_plain(v, keep) for v in value]
     return value
 
 
