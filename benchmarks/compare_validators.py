@@ -4,6 +4,7 @@ errors or not) and per issue (errors at the same location), with a table of the 
 disagreements grouped by rule (message id) and their causes.
 
     python benchmarks/compare_validators.py [--stride 10] [--out compare.md] [--json compare.json]
+    python benchmarks/compare_validators.py --files A.json B.json --no-package   # chosen files
     HAPI_BASE_URL=http://127.0.0.1:8090/fhir python benchmarks/compare_validators.py
 
 Without HAPI_BASE_URL it starts the project's HAPI server (``hapi/``) on a free port of
@@ -223,6 +224,12 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=10, help="every n-th example (1: all)")
     ap.add_argument("--offset", type=int, default=0, help="start at this file (another sample)")
     ap.add_argument("--threads", type=int, default=2, help="requests in flight to HAPI")
+    ap.add_argument(
+        "--files",
+        nargs="+",
+        default=None,
+        help="compare these resource files (e.g. those a rule change gives errors) instead of a sample",
+    )
     ap.add_argument("--out", default=None, help="write the Markdown report here too")
     ap.add_argument("--json", dest="json_out", default=None, help="write per-resource rows (JSON)")
     ap.add_argument("--no-package", action="store_true", help="skip our own package")
@@ -247,15 +254,18 @@ def main() -> None:
         base = server.base_url
     try:
         sections = []
-        sample = [
-            (n, r)
-            for n, r in examples(args.stride, args.offset)
-            if r.get("resourceType") not in args.skip_type
-        ]
-        print(f"examples: {len(sample)} (every {args.stride}th file)", file=sys.stderr)
+        if args.files:
+            chosen = [(Path(f).name, json.loads(Path(f).read_text(encoding="utf-8"))) for f in args.files]
+        else:
+            chosen = examples(args.stride, args.offset)
+        sample = [(n, r) for n, r in chosen if r.get("resourceType") not in args.skip_type]
+        print(f"resources: {len(sample)}", file=sys.stderr)
         rows = compare(sample, base, Validator(), args.threads)
         skipped = f"; left out: {', '.join(args.skip_type)}" if args.skip_type else ""
-        title = f"R4 examples package (every {args.stride}th of 5,306 files from #{args.offset}{skipped})"
+        if args.files:
+            title = f"Given files ({len(sample)}{skipped})"
+        else:
+            title = f"R4 examples package (every {args.stride}th of 5,306 files from #{args.offset}{skipped})"
         sections.append(report(title, rows))
         all_rows = {"examples": rows}
         if not args.no_package:

@@ -82,6 +82,7 @@ def test_lookup_cli(installed: None) -> None:
         check=False,
     )
     assert status.returncode == 0 and "checksum verified" in status.stdout, status.stderr
+    assert "installed: UCUM 2.2, 24 prefixes" in status.stdout
 
 
 def _fake_tho_tarball() -> bytes:

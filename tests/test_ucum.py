@@ -164,3 +164,18 @@ def test_r4_examples_quantity_units_only_real_defects(tables: ucum.Tables) -> No
     assert ucum_bad == EXAMPLES_INVALID_UCUM
     assert not ucum_warned
     assert unit_bad == EXAMPLES_UNKNOWN_UNIT_CODES
+
+
+def test_any_string_gets_a_verdict_not_an_exception(tables: ucum.Tables) -> None:
+    """Random strings over UCUM's characters and a few others: the parser always answers (valid,
+    or why not), never raises; valid ones stay valid when wrapped in parentheses."""
+    import random
+
+    rng = random.Random(12)
+    alphabet = "mgLsdhk[]{}()./*^+-0123456789_'%\" aéuµ"
+    for _ in range(20_000):
+        code = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        why = tables.check(code)
+        assert why is None or isinstance(why, str)
+        if why is None and code and not code.startswith("/"):
+            assert tables.check(f"({code})") is None, code

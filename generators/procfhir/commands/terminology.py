@@ -49,6 +49,20 @@ def status(verify: bool) -> None:
         sys.exit(1)
     checked = ", checksum verified" if verify else ""
     click.echo(f"installed: {store.count()} concept rows from {len(SOURCES)} sources{checked}")
+    from procfhir.terminology import ucum
+    from procfhir.terminology.sources import UCUM
+
+    click.echo(f"UCUM tables: {ucum.ucum_dir()}")
+    click.echo(f"  {UCUM.registry} {UCUM.name} {UCUM.version} sha256 {UCUM.sha256}")
+    tables = ucum.load()  # checks the file against its manifest's SHA-256
+    if tables is None:
+        click.echo(
+            "not usable: the UCUM tables are missing or altered: run `procfhir terminology fill`", err=True
+        )
+        sys.exit(1)
+    click.echo(
+        f"installed: UCUM {tables.version}, {len(tables.prefixes)} prefixes, {len(tables.units)} units"
+    )
 
 
 @command.command()
