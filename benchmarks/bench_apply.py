@@ -14,6 +14,9 @@ the interpreter's start-up and its imports:
   resources $apply gives for the first 256 contexts, reused in turn, so the bytes written per
   context are the same; the pool is unpickled at its start) and written to one NDJSON file per
   type, and ``summary.json``; nothing else.
+- ``pair 1w``: two ``apply 1w`` processes at the same time, each on half of the contexts (the
+  wall time until both end): what two processes get on this machine (two CPUs may share caches,
+  memory bandwidth or a host), the ceiling of the ``2w/1w`` speed-up measured in the same run;
 - with ``--baseline TREE`` (a checkout of another version, e.g. ``git archive main``), ``base 1w``
   and ``base 2w``: the same command with ``TREE/generators`` first on ``PYTHONPATH`` (before and
   after measured in the same run).
@@ -21,10 +24,10 @@ the interpreter's start-up and its imports:
 The kinds of run are interleaved (each repeat runs them all in turn) so that they meet the same
 background load. It prints, per run, wall time, CPU time (user+sys of the process and its workers),
 contexts/s, peak memory (ru_maxrss, the largest process) and output size, then, per size, the best
-of the repeats and the ratios: ``apply/floor`` (CPU and wall, one worker) and the ``2w/1w``
-speed-up (wall). The machine may be shared: the 1-minute load average is printed with each
-figure; compare ratios, not absolute times. Targets (issue 10): apply/floor <= 2, 2 workers >=
-1.8x one, peak memory flat from 10k to 100k.
+of the repeats and the ratios: ``apply/floor`` (CPU and wall, one worker), the ``2w/1w`` speed-up
+(wall) and its ceiling ``1w/pair``. The machine may be shared: the 1-minute load average is
+printed with each figure; compare ratios, not absolute times. Targets (issue 10): apply/floor <=
+2, 2 workers >= 1.8x one, peak memory flat from 10k to 100k.
 
 Usage: ``python benchmarks/bench_apply.py [--sizes 10000,100000] [--package fhir/] [--repeat 3]
 [--baseline TREE]`` (the output is written under ``TMPDIR``).
@@ -47,28 +50,33 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def _run(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+def _run(cmds: list[list[str]], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run the commands at the same time; wall time until the last ends, CPU time of all."""
     import subprocess
     import time
 
     load = _load()
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, env=env) for cmd in cmds]
+    cpu, peak = 0.0, 0
+    for cmd, proc in zip(cmds, procs, strict=True):
+        _, status, usage = os.wait4(proc.pid, 0)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        if os.waitstatus_to_exitcode(status) not in (0,):
+            raise SystemExit(f"{' '.join(cmd)} failed: {err}")
+        cpu += usage.ru_utime + usage.ru_stime
+        peak = max(peak, usage.ru_maxrss)
     wall = time.perf_counter() - start
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) not in (0,):
-        raise SystemExit(f"{' '.join(cmd)} failed: {err}")
     return {
         "wall_s": round(wall, 2),
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB; children's max included
+        "cpu_s": round(cpu, 2),
+        "peak_rss_mib": round(peak / 1024, 1),  # Linux: KiB; children's max included
         "load_1m": load,
     }
 
 
 def _size(folder: Path) -> float:
-    return round(sum(p.stat().st_size for p in folder.iterdir()) / 2**20, 1)
+    return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20, 1)
 
 
 def make_pool(src: Path, pool: Path, package: str | None) -> None:
@@ -123,28 +131,41 @@ def bench(n: int, work: Path, package: str | None, repeat: int, baseline: Path |
     src = work / f"contexts-{n}.ndjson"
     write_ndjson(src, n, seed=n)
     pool = work / "pool.pickle"
-    make_pool(src, pool, package)
+    # (in a process of its own: this one stays small, as the peak memory of a child counts the
+    # memory of its parent when forked, before its exec)
+    _run([[sys.executable, __file__, "--pool", str(src), str(pool), package or ""]])
+    half = work / f"contexts-{n}-a.ndjson", work / f"contexts-{n}-b.ndjson"
+    with open(src, "rb") as f, open(half[0], "wb") as a, open(half[1], "wb") as b:
+        for i, line in enumerate(f):
+            (a if i < n // 2 else b).write(line)
     pkg = ["--package", package] if package else []
-    apply_cmd = [sys.executable, "-m", "procfhir.cli", "apply", *pkg, "--batch", str(src), "--out"]
-    base_env = None
-    kinds: list[tuple[str, list[str] | None, dict[str, str] | None]] = [
+
+    def apply_cmd(contexts: Path, out: Path, workers: str) -> list[str]:
+        batch = ["--batch", str(contexts), "--out", str(out), "--workers", workers]
+        return [sys.executable, "-m", "procfhir.cli", "apply", *pkg, *batch]
+
+    kinds: list[tuple[str, str | None, dict[str, str] | None]] = [
         ("floor", None, None),
-        ("apply 1w", ["--workers", "1"], None),
-        ("apply 2w", ["--workers", "2"], None),
+        ("apply 1w", "1", None),
+        ("apply 2w", "2", None),
+        ("pair 1w", "1", None),
     ]
     if baseline is not None:
         path = [str(baseline / "generators"), *filter(None, [os.environ.get("PYTHONPATH")])]
         base_env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-        kinds += [("base 1w", ["--workers", "1"], base_env), ("base 2w", ["--workers", "2"], base_env)]
+        kinds += [("base 1w", "1", base_env), ("base 2w", "2", base_env)]
     best: dict[str, dict[str, Any]] = {}
     for _ in range(repeat):  # interleaved: each kind of run meets the same background load
         for name, workers, env in kinds:
             out = work / f"out-{n}-{name.replace(' ', '')}"
             if workers is None:
-                cmd = [sys.executable, __file__, "--floor", str(src), str(pool), str(out)]
+                cmds = [[sys.executable, __file__, "--floor", str(src), str(pool), str(out)]]
+            elif name.startswith("pair"):  # two processes at once, each on half the contexts
+                out.mkdir()
+                cmds = [apply_cmd(h, out / h.stem, workers) for h in half]
             else:
-                cmd = [*apply_cmd, str(out), *workers]
-            row: dict[str, Any] = {"contexts": n, "run": name, **_run(cmd, env)}
+                cmds = [apply_cmd(src, out, workers)]
+            row: dict[str, Any] = {"contexts": n, "run": name, **_run(cmds, env)}
             row["contexts_per_s"] = round(n / row["wall_s"])
             row["output_mib"] = _size(out)
             print(json.dumps(row), flush=True)
@@ -155,7 +176,8 @@ def bench(n: int, work: Path, package: str | None, repeat: int, baseline: Path |
             else:  # the best of the repeats, each figure on its own
                 for k in ("wall_s", "cpu_s", "peak_rss_mib"):
                     old[k] = min(old[k], row[k]) if k != "peak_rss_mib" else max(old[k], row[k])
-    src.unlink()
+    for p in (src, *half):
+        p.unlink()
     ratios: dict[str, Any] = {"contexts": n, "best of": repeat}
     for who in ("apply", "base") if baseline is not None else ("apply",):
         one, two = best[f"{who} 1w"], best[f"{who} 2w"]
@@ -168,6 +190,10 @@ def bench(n: int, work: Path, package: str | None, repeat: int, baseline: Path |
             "2w/1w speed-up (wall)": round(one["wall_s"] / two["wall_s"], 2),
             "2w/1w cpu": round(two["cpu_s"] / one["cpu_s"], 2),
         }
+    # what two processes get on this machine: two independent one-worker runs on half the
+    # contexts each, at the same time (shared caches, memory bandwidth, a shared host...)
+    ceiling = best["apply 1w"]["wall_s"] / best["pair 1w"]["wall_s"]
+    ratios["2 processes/1 (wall): the ceiling of 2w/1w here"] = round(ceiling, 2)
     ratios["peak_rss_mib"] = {k: v["peak_rss_mib"] for k, v in best.items()}
     ratios["load_1m"] = _load()
     print(json.dumps(ratios), flush=True)
@@ -177,6 +203,9 @@ def bench(n: int, work: Path, package: str | None, repeat: int, baseline: Path |
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--floor":
         floor(*sys.argv[2:])
+        return
+    if len(sys.argv) == 5 and sys.argv[1] == "--pool":
+        make_pool(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] or None)
         return
     import argparse
     import json
