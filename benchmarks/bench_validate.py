@@ -6,7 +6,9 @@ and our validator side by side with HAPI FHIR's ``$validate`` on the same resour
     BENCH_HAPI_STRIDE=25 BENCH_WORKERS=2 ...                   # HAPI sample; workers run
     BENCH_BASELINE_SRC=/tmp/old/generators ...                 # an older validator, same run
 
-(an older version's code: ``git archive <commit> generators | tar -x -C /tmp/old``)
+(an older version's code: ``git archive <commit> generators | tar -x -C /tmp/old``; before the
+package was named ``procfhir`` (e.g. ffbd3e1, the validator before issue 12), the folder itself
+was the package ``generators``: it is run as ``python -m generators.cli`` from its parent)
 
 Prints, with the load average (the machine's cores may be shared: CPU seconds are the steadier
 figure, wall seconds include waiting for a core):
@@ -45,6 +47,11 @@ def cli_run(args: list[str], src: str | None = None) -> tuple[float, float, floa
     (``src``: run the code of that ``generators`` folder instead)."""
     cmd = [sys.executable, "-m", "procfhir.cli"]
     env = {**os.environ, "PYTHONPATH": src} if src else None
+    if src and not (Path(src) / "procfhir").is_dir() and (Path(src) / "cli.py").is_file():
+        # the old layout: the folder is the package (``generators.cli``), importable from its parent
+        folder = Path(src).resolve()
+        cmd = [sys.executable, "-m", f"{folder.name}.cli"]
+        env = {**os.environ, "PYTHONPATH": str(folder.parent)}
     out = subprocess.run(
         [sys.executable, "-c", _MEASURE, *cmd, *args], capture_output=True, text=True, check=True, env=env
     )
@@ -61,9 +68,10 @@ def whole_package(examples: Path) -> None:
     runs: list[tuple[str, int, str | None]] = [("ours ", 1, None), ("ours ", WORKERS, None)]
     if baseline:
         runs.insert(0, ("older", 1, baseline))
+    figures: dict[tuple[str, int], tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for who, workers, src in runs:
-            args = ["validate", str(examples), "-q", "--outcome", f"{tmp}/oo.json"]
+        for k, (who, workers, src) in enumerate(runs):
+            args = ["validate", str(examples), "-q", "--outcome", f"{tmp}/oo-{k}.json"]  # a new file each
             if not src:
                 args += ["--workers", str(workers)]
             before = load()
@@ -76,6 +84,13 @@ def whole_package(examples: Path) -> None:
                 f"wall, {n / max(cpu, 1e-9):,.0f}/s CPU ({before}; after: {load()})"
             )
             print(f"      {summary}")
+            figures[(who.strip(), workers)] = (cpu, wall)
+    old, new = figures.get(("older", 1)), figures.get(("ours", 1))
+    if old and new:
+        print(
+            f"ratio older/ours in one process: CPU {old[0] / new[0]:.1f}x, wall {old[1] / new[1]:.1f}x "
+            f"({load()})"
+        )
 
 
 def side_by_side(examples: Path, base: str) -> None:

@@ -102,7 +102,11 @@ class Planner:
         table = self._tables.get((tcode, primitive))
         if table is None:
             table = self._tables[(tcode, primitive)] = rules.table_for(tcode, primitive)
-        kept = tuple(r for r in table if not (r in rules.INERT and rules.INERT[r](node)))
+        kept = tuple(
+            rules.primitive_rule(v, tcode) if r is rules.primitive_value else r
+            for r in table
+            if not (r in rules.INERT and rules.INERT[r](node))
+        )
         parent: Node | None = None
         is_root = False
         if primitive:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from procfhir.validator import messages as M
 from procfhir.validator.definitions import DefinitionsError, Node
-from procfhir.validator.engine import internal_error
+from procfhir.validator.engine import MAX_DEPTH, internal_error
+from procfhir.validator.plan import PRIMITIVE
 from procfhir.validator.rules import pattern_match
 
 if TYPE_CHECKING:
@@ -133,7 +134,12 @@ def _present(
             ctx.add("error", iloc, "null is not allowed here", "structure", mid=M.NULL_NOT_ALLOWED)
             return
         try:
-            v.instance(value, child, tcode, iloc, ctx, parent)
+            plan = child.plans.get(tcode)
+            if plan is not None and plan.kind == PRIMITIVE and ctx.depth < MAX_DEPTH:
+                for rule in plan.rules:  # Validator.instance of a primitive, inline
+                    rule(v, value, child, tcode, iloc, ctx, parent)
+            else:
+                v.instance(value, child, tcode, iloc, ctx, parent)
         except (RecursionError, DefinitionsError):
             raise
         except Exception as exc:  # noqa: BLE001 - never a traceback: the failure is an issue
@@ -155,9 +161,15 @@ def _present(
         slices(v, child, real, loc, ctx, parent)
     else:
         instance = v.instance
+        plan = child.plans.get(tcode)
+        rules_ = plan.rules if plan is not None and plan.kind == PRIMITIVE and ctx.depth < MAX_DEPTH else None
         for iloc, item, _ in real:
             try:  # Validator.safely, inline
-                instance(item, child, tcode, iloc, ctx, parent)
+                if rules_ is not None:
+                    for rule in rules_:  # Validator.instance of a primitive, inline
+                        rule(v, item, child, tcode, iloc, ctx, parent)
+                else:
+                    instance(item, child, tcode, iloc, ctx, parent)
             except (RecursionError, DefinitionsError):
                 raise
             except Exception as exc:  # noqa: BLE001 - never a traceback: the failure is an issue

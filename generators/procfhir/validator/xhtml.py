@@ -111,7 +111,12 @@ for _n in ("h1", "h2", "h3", "h4", "h5", "h6"):
 _DANGEROUS_URL = re.compile(r"^\s*(javascript|vbscript|data\s*:\s*text/html)", re.I)
 _DECL = re.compile(r"<!(DOCTYPE|ENTITY|ELEMENT|ATTLIST)", re.I)
 _XML_NS = "{http://www.w3.org/XML/1998/namespace}"
+_STYLE_SCRIPT = re.compile(r"expression\s*\(|javascript:", re.I)
+_STYLE_EXTERNAL = re.compile(r"url\s*\((?!\s*['\"]?data:)|@import", re.I)
 
+
+_NS_PREFIX = f"{{{XHTML_NS}}}"
+_NS_LEN = len(_NS_PREFIX)
 
 _SEEN: dict[tuple[bytes, bool], list[tuple[str, str]]] = {}
 _SEEN_MAX = 20000
@@ -154,8 +159,8 @@ def check_narrative(div: str, strict: bool = False) -> list[tuple[str, str]]:
         tag = el.tag
         if not isinstance(tag, str):  # comments
             continue
-        if tag.startswith(f"{{{XHTML_NS}}}"):
-            local = tag[len(XHTML_NS) + 2 :]
+        if tag.startswith(_NS_PREFIX):
+            local = tag[_NS_LEN:]
         else:
             out.append((f"element {tag} is not in the XHTML namespace", "invalid"))
             continue
@@ -204,9 +209,9 @@ def check_narrative(div: str, strict: bool = False) -> list[tuple[str, str]]:
                         "policy",
                     )
                 )
-            elif name == "style" and re.search(r"expression\s*\(|javascript:", value, re.I):
+            elif name == "style" and _STYLE_SCRIPT.search(value):
                 out.append((f"style on <{local}> runs a script: not allowed", "security"))
-            elif strict and name == "style" and re.search(r"url\s*\((?!\s*['\"]?data:)|@import", value, re.I):
+            elif strict and name == "style" and _STYLE_EXTERNAL.search(value):
                 out.append(
                     (f"style on <{local}> loads an external resource (our package's policy)", "policy")
                 )
