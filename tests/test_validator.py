@@ -248,9 +248,14 @@ def test_bad_input_is_an_outcome_not_a_traceback(core_cache: Path, tmp_path: Pat
             ),
         ): ("warning", M.PROFILE_NOT_FOUND),
         _write(tmp_path, "bad.tgz", b"not a tarball"): ("fatal", M.TARBALL_UNREADABLE),
-        _write(tmp_path, "p.xml", "<Patient xmlns='http://hl7.org/fhir'/>"): (
+        _write(tmp_path, "p.xml", "<Patient/>"): ("error", M.INPUT_XML_INVALID),  # no FHIR namespace
+        _write(tmp_path, "dtd.xml", "<!DOCTYPE x [<!ENTITY a 'b'>]><Patient xmlns='http://hl7.org/fhir'/>"): (
             "error",
-            M.INPUT_XML_NOT_SUPPORTED,
+            M.INPUT_XML_INVALID,
+        ),
+        _write(tmp_path, "broken.xml", "<Patient xmlns='http://hl7.org/fhir'>"): (
+            "error",
+            M.INPUT_XML_INVALID,
         ),
         str(tmp_path / "missing.json"): ("fatal", M.INPUT_NOT_FOUND),
     }

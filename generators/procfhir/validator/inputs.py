@@ -169,8 +169,7 @@ RawInput = tuple[str, bytes | None, Issue | None, bool]  # source, bytes, proble
 
 def raw_inputs(paths: list[str], definitions: bool = False) -> Iterator[RawInput]:
     """(source name, bytes or None, problem or None) for every input file (folders walked,
-    tarballs opened). XML files cannot be read: a warning says so for definitions, an error
-    for resources to validate."""
+    tarballs opened). FHIR XML files are read as the JSON of their resource."""
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
@@ -180,7 +179,7 @@ def raw_inputs(paths: list[str], definitions: bool = False) -> Iterator[RawInput
                 if f.suffix == ".json":
                     yield (str(f), *_read(f), True)  # no local keeps the bytes while suspended
                 elif f.suffix == ".xml":
-                    yield str(f), None, _xml(str(f), definitions, named=False), True
+                    yield (str(f), *_read_xml(f, named=False), True)
                 elif f.name.endswith((".tgz", ".tar.gz")):
                     msg = "skipped: a package tarball inside a folder (name it explicitly to validate it)"
                     yield str(f), None, _info(str(f), msg, M.INPUT_SKIPPED), True
@@ -189,7 +188,7 @@ def raw_inputs(paths: list[str], definitions: bool = False) -> Iterator[RawInput
                 for source, data, issue in _tgz(path):
                     yield source, data, issue, False
             elif path.suffix == ".xml":
-                yield str(path), None, _xml(str(path), definitions, named=True), False
+                yield (str(path), *_read_xml(path, named=True), False)
             else:
                 yield (str(path), *_read(path), False)
         else:
@@ -204,11 +203,26 @@ def raw_inputs(paths: list[str], definitions: bool = False) -> Iterator[RawInput
             yield str(path), None, issue, False
 
 
-def _xml(source: str, definitions: bool, named: bool) -> Issue:
-    what = "definitions (profiles, value sets) given as XML are" if definitions else "FHIR XML is"
-    msg = f"not read: {what} not supported; convert to JSON (e.g. with the HL7 validator's -convert)"
-    sev = "warning" if definitions or not named else "error"
-    return Issue(sev, "", msg, "not-supported", source=source, message_id=M.INPUT_XML_NOT_SUPPORTED)
+def _read_xml(path: Path, named: bool) -> tuple[bytes | None, Issue | None]:
+    """A FHIR XML file read as the JSON of its resource (:mod:`procfhir.validator.fhirxml`); XML
+    that is not FHIR is an error when named, skipped with a warning in a folder."""
+    from procfhir.validator.definitions import DefinitionsError
+    from procfhir.validator.fhirxml import XmlError, xml_to_json
+
+    data, issue = _read(path)
+    if data is None:
+        return None, issue
+    try:
+        res = xml_to_json(data)
+    except XmlError as exc:
+        sev = "error" if named else "warning"
+        msg = f"not read as FHIR XML: {exc}"
+        return None, Issue(sev, "", msg, "structure", source=str(path), message_id=M.INPUT_XML_INVALID)
+    except DefinitionsError as exc:
+        return None, Issue(
+            "fatal", "", str(exc), "processing", source=str(path), message_id=M.DEFINITIONS_UNAVAILABLE
+        )
+    return json.dumps(res, ensure_ascii=False).encode("utf-8"), None
 
 
 def read_inputs(paths: list[str], definitions: bool = False) -> Iterator[tuple[str, Any, list[Issue]]]:
