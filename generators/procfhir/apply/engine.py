@@ -217,10 +217,13 @@ class Plan:
         # onto the names its expressions use (when each of them is memoizable): patients with the
         # same relevant facts share one walk of the plan.
         self.memo = memo and all(x.memoizable for x in self.expressions)
-        self._names = (
-            frozenset().union(*(x.names for x in self.expressions)) if self.expressions else frozenset()
-        )
         self._used = sorted({v for x in self.expressions for v in x.variables})
+        # each variable projected onto the names the expressions read from it (``%sites`` read
+        # only by ``%sites.count()``: patients with other sites but as many share one walk)
+        self._names = {
+            v: frozenset().union(*(x.variable_names[v] for x in self.expressions if v in x.variables))
+            for v in self._used
+        }
         self._outcomes: OrderedDict[tuple[Any, ...], tuple[Any, ...]] = OrderedDict()
         self.max_outcomes = 4096
         unknown = sorted(set(self._used) - set(VARIABLES))
@@ -356,7 +359,7 @@ class Plan:
         env = self.environment(ctx)
         key = None
         if self.memo:
-            projected = {v: project(env.get(v), self._names) for v in self._used}
+            projected = {v: project(env.get(v), self._names[v]) for v in self._used}
             key = (ctx.technique, orjson.dumps(projected, option=orjson.OPT_SORT_KEYS))
             hit = self._outcomes.get(key)
             if hit is not None:

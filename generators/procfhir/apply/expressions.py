@@ -94,6 +94,83 @@ def _project(value: Any, names: frozenset[str], choices: tuple[str, ...]) -> Any
     return value
 
 
+_AGGREGATES = frozenset({"count", "exists", "empty"})  # without a parameter: how many, whether any
+_FILTERS = frozenset({"where", "exists"})  # with a criterion: a subset of the items (or whether any)
+
+
+def _identifiers(node: dict[str, Any]) -> set[str]:
+    out = {node["text"]} if node.get("type") == "Identifier" and isinstance(node.get("text"), str) else set()
+    for child in node.get("children") or []:
+        if isinstance(child, dict):
+            out |= _identifiers(child)
+    return out
+
+
+def _chain_names(ancestors: list[dict[str, Any]]) -> frozenset[str] | None:
+    """The element names read from a ``%variable``'s items, when they only flow through a chain
+    of navigations and filters ending in ``count()``, ``exists()`` or ``empty()``; None when its
+    items (or values read from them) go anywhere else."""
+    names: set[str] = {"resourceType"}
+    child = ancestors[-1]  # the TermExpression holding the variable
+    for parent in reversed(ancestors[:-1]):
+        kids = parent.get("children") or []
+        if parent.get("type") != "InvocationExpression" or len(kids) != 2 or kids[0] is not child:
+            return None
+        right = kids[1]
+        words = _identifiers(right)
+        if any(not w.isidentifier() for w in words):
+            return None  # a quoted name
+        if right.get("type") == "MemberInvocation":
+            names |= words
+        elif right.get("type") == "FunctionInvocation":
+            functn = (right.get("children") or [{}])[0]
+            parts = functn.get("children") or []
+            fname = parts[0].get("text") if parts else None
+            if len(parts) == 1 and fname in _AGGREGATES:
+                return frozenset(names)
+            criterion = str(parts[1]) if len(parts) == 2 else ""
+            if (
+                fname in _FILTERS
+                and criterion
+                and "$" not in criterion
+                and "ExternalConstant" not in criterion
+            ):
+                names |= words  # the criterion reads these names of each item (and no variable)
+                if fname == "exists":
+                    return frozenset(names)
+            else:
+                return None
+        else:
+            return None
+        child = parent
+    return None  # the items are the expression's result
+
+
+def variable_names(tree: dict[str, Any], variables: list[str]) -> dict[str, frozenset[str] | None]:
+    """Per variable, the element names the expression reads from it (None: unknown, use all the
+    expression's names). ``%sites.count() > 2`` reads none: only how many sites there are."""
+    found: dict[str, frozenset[str] | None] = {}
+
+    def visit(node: dict[str, Any], ancestors: list[dict[str, Any]]) -> None:
+        if node.get("type") == "ExternalConstantTerm":
+            ident = ((node.get("children") or [{}])[0].get("children") or [{}])[0]
+            text = ident.get("text")
+            name = text.strip('"').replace("`", "") if isinstance(text, str) else None
+            if name is None:  # (not one of ours: every variable gets all names)
+                found.update(dict.fromkeys(variables))
+                return
+            names = _chain_names(ancestors) if ancestors else None
+            old = found.get(name, frozenset())
+            found[name] = None if names is None or old is None else old | names
+            return
+        for child in node.get("children") or []:
+            if isinstance(child, dict):
+                visit(child, [*ancestors, node])
+
+    visit(tree, [])
+    return {v: found.get(v) for v in variables}
+
+
 class Expression:
     """A compiled FHIRPath expression evaluated on ``%``-variables only (no focus resource)."""
 
@@ -112,6 +189,12 @@ class Expression:
         self.names = names_used(expression)
         self.variables = sorted(set(_VARIABLE.findall(_STRING.sub("''", expression))))
         self.memoizable = memo_safe(expression)
+        # per variable, the names to project it onto for a memo key (all the expression's names
+        # unless its items only reach count(), exists() or empty() through navigation and where)
+        self.variable_names = {
+            v: self.names if names is None else names
+            for v, names in variable_names(tree, self.variables).items()
+        }
         self.fast: Compiled | None
         try:
             self.fast = compile_fast(expression, tree)
