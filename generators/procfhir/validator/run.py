@@ -95,7 +95,13 @@ def run(
         size += len(data or b"")
         if kept is not None and size > KEEP_BYTES:
             kept = None
-        if data is not None and len(data) > BIG_BYTES and Path(item[0]).is_file():
+        if (
+            data is not None
+            and len(data) > BIG_BYTES
+            and item[0].endswith(".json")
+            and Path(item[0]).is_file()
+        ):
+            # a JSON file read as it is (an XML file's bytes are its converted JSON: left in place)
             big.append((len(data), item[0], item[3]))
         if kept is None and data is not None and not _may_define(data, validator):
             readable += 1  # parsed (and its JSON judged) in the second pass
@@ -117,7 +123,7 @@ def run(
     gc.freeze()
     try:
         if workers > 1:
-            _validate_parallel(validator, paths, profile, workers, out)
+            _validate_parallel(validator, _raw_largest_first(paths, big), profile, workers, out)
         else:
             items = kept if kept is not None else _largest_first(paths, big)
             for source, res, issues in items:
@@ -141,20 +147,27 @@ def _largest_first(
     """:func:`read_inputs` of ``paths``, the large files first (largest first): a large Bundle
     parsed while little else is held (a 35 MB one is about 100 MB of objects) keeps the peak of
     memory down; the order of the issues is the outcome's own (sorted by file)."""
+    for item in _raw_largest_first(paths, big):
+        box = [item]
+        del item
+        yield parse_input_owned(box)
+
+
+def _raw_largest_first(paths: list[str], big: list[tuple[int, str, bool]]) -> Iterator[RawInput]:
+    """:func:`raw_inputs` of ``paths``, the large files (``big``: size, file, found in a
+    folder) first, largest first; each input once per time it is named."""
     first = sorted(big, reverse=True)
     pending = Counter(source for _, source, _ in first)
     for _, source, in_folder in first:
         data, problem = read_file(Path(source))
-        box: list[RawInput] = [(source, data, problem, in_folder)]
+        yield source, data, problem, in_folder
         del data
-        yield parse_input_owned(box)
     for item in raw_inputs(paths):
         if pending.get(item[0]):
             pending[item[0]] -= 1
             continue
-        box = [item]
+        yield item
         del item
-        yield parse_input_owned(box)
 
 
 def _validate(validator: Validator, res: Any, profile: str | None, source: str) -> list[Issue]:
@@ -184,8 +197,10 @@ def _work(item: RawInput) -> tuple[int, list[Issue]]:
 
 
 def _validate_parallel(
-    validator: Validator, paths: list[str], profile: str | None, workers: int, out: RunResult
+    validator: Validator, items: Iterator[RawInput], profile: str | None, workers: int, out: RunResult
 ) -> None:
+    """The inputs validated in ``workers`` processes, one input at a time (the largest come
+    first: they are most of the work, so the processes end about together)."""
     global _WORKER
     _WORKER = (validator, profile)
     try:
@@ -193,13 +208,13 @@ def _validate_parallel(
     except ValueError:  # no fork on this platform: one process
         ctx = None
     if ctx is None:
-        for item in raw_inputs(paths):
+        for item in items:
             n, issues = _work(item)
             out.resources += n
             out.issues.extend(issues)
         return
     with ctx.Pool(workers) as pool:
-        for n, issues in pool.imap_unordered(_work, raw_inputs(paths), chunksize=4):
+        for n, issues in pool.imap_unordered(_work, items, chunksize=1):
             out.resources += n
             out.issues.extend(issues)
     _WORKER = None
