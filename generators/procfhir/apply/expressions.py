@@ -70,11 +70,16 @@ def _with_twins(names: frozenset[str]) -> frozenset[str]:
     return names | {"_" + n for n in names}
 
 
+_NESTED = (dict, list)
+
+
 def _project_plain(value: Any, keep: frozenset[str]) -> Any:
-    if type(value) is dict:
-        return {k: _project_plain(v, keep) for k, v in value.items() if k in keep}
+    if type(value) is dict:  # (leaves kept without a call: most values are strings)
+        return {
+            k: _project_plain(v, keep) if type(v) in _NESTED else v for k, v in value.items() if k in keep
+        }
     if type(value) is list:
-        return [_project_plain(v, keep) for v in value]
+        return [_project_plain(v, keep) if type(v) in _NESTED else v for v in value]
     return value
 
 
