@@ -22,7 +22,11 @@ the interpreter's start-up and its imports:
   after measured in the same run).
 
 The kinds of run are interleaved (each repeat runs them all in turn) so that they meet the same
-background load. It prints, per run, wall time, CPU time (user+sys of the process and its workers),
+background load; each row also gives ``others_cpus``, the CPUs other processes of the machine used
+during the run (from /proc/stat): on 2 CPUs a ``2w`` figure means something only when it is near
+0 (``--quiet S`` waits up to S seconds before each run for the machine to be idle; with Linux's
+autogroup scheduling, another session's busy process takes a whole CPU from ours, whatever our
+nice value). It prints, per run, wall time, CPU time (user+sys of the process and its workers),
 contexts/s, peak memory (ru_maxrss, the largest process) and output size, then, per size, the best
 of the repeats and the ratios: ``apply/floor`` (CPU and wall, one worker), the ``2w/1w`` speed-up
 (wall) and its ceiling ``1w/pair``. The machine may be shared: the 1-minute load average is
@@ -50,12 +54,38 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def _busy() -> float:
+    """CPU seconds spent busy by the whole machine so far (all CPUs; /proc/stat, Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(limit: float) -> None:
+    """Wait (at most ``limit`` seconds) until other processes use less than 0.2 CPU."""
+    import time
+
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        before = _busy()
+        time.sleep(0.5)
+        if (_busy() - before) / 0.5 < 0.2:
+            return
+
+
 def _run(cmds: list[list[str]], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run the commands at the same time; wall time until the last ends, CPU time of all."""
+    """Run the commands at the same time; wall time until the last ends, CPU time of all, and
+    the CPUs used meanwhile by other processes of the machine (``others_cpus``: with 2 CPUs
+    and others busy, two workers cannot both run)."""
     import subprocess
     import time
 
     load = _load()
+    busy = _busy()
     start = time.perf_counter()
     procs = [subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, env=env) for cmd in cmds]
     cpu, peak = 0.0, 0
@@ -67,11 +97,13 @@ def _run(cmds: list[list[str]], env: dict[str, str] | None = None) -> dict[str, 
         cpu += usage.ru_utime + usage.ru_stime
         peak = max(peak, usage.ru_maxrss)
     wall = time.perf_counter() - start
+    others = max(0.0, (_busy() - busy - cpu) / wall)
     return {
         "wall_s": round(wall, 2),
         "cpu_s": round(cpu, 2),
         "peak_rss_mib": round(peak / 1024, 1),  # Linux: KiB; children's max included
         "load_1m": load,
+        "others_cpus": round(others, 2),
     }
 
 
@@ -121,7 +153,9 @@ def floor(src: str, pool_path: str, out_dir: str) -> None:
     (out / "summary.json").write_bytes(orjson.dumps({"contexts": n}, option=orjson.OPT_INDENT_2) + b"\n")
 
 
-def bench(n: int, work: Path, package: str | None, repeat: int, baseline: Path | None) -> dict[str, Any]:
+def bench(
+    n: int, work: Path, package: str | None, repeat: int, baseline: Path | None, quiet: float = 0.0
+) -> dict[str, Any]:
     import json
     import shutil
 
@@ -165,6 +199,8 @@ def bench(n: int, work: Path, package: str | None, repeat: int, baseline: Path |
                 cmds = [apply_cmd(h, out / h.stem, workers) for h in half]
             else:
                 cmds = [apply_cmd(src, out, workers)]
+            if quiet:
+                wait_quiet(quiet)
             row: dict[str, Any] = {"contexts": n, "run": name, **_run(cmds, env)}
             row["contexts_per_s"] = round(n / row["wall_s"])
             row["output_mib"] = _size(out)
@@ -174,7 +210,7 @@ def bench(n: int, work: Path, package: str | None, repeat: int, baseline: Path |
             if old is None:
                 best[name] = row
             else:  # the best of the repeats, each figure on its own
-                for k in ("wall_s", "cpu_s", "peak_rss_mib"):
+                for k in ("wall_s", "cpu_s", "peak_rss_mib", "others_cpus"):
                     old[k] = min(old[k], row[k]) if k != "peak_rss_mib" else max(old[k], row[k])
     for p in (src, *half):
         p.unlink()
@@ -195,6 +231,7 @@ def bench(n: int, work: Path, package: str | None, repeat: int, baseline: Path |
     ceiling = best["apply 1w"]["wall_s"] / best["pair 1w"]["wall_s"]
     ratios["2 processes/1 (wall): the ceiling of 2w/1w here"] = round(ceiling, 2)
     ratios["peak_rss_mib"] = {k: v["peak_rss_mib"] for k, v in best.items()}
+    ratios["others_cpus (least)"] = {k: v["others_cpus"] for k, v in best.items()}
     ratios["load_1m"] = _load()
     print(json.dumps(ratios), flush=True)
     return ratios
@@ -221,12 +258,18 @@ def main() -> None:
         default=None,
         help="a source tree of another version (e.g. git archive main | tar -x -C TREE), run too",
     )
+    ap.add_argument(
+        "--quiet",
+        type=float,
+        default=0.0,
+        help="before each run, wait up to this many seconds for other processes to use < 0.2 CPU",
+    )
     args = ap.parse_args()
     print(json.dumps({"cpus": os.cpu_count(), "load_1m": _load()}), flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-apply-") as tmp:
         for n in [int(s) for s in args.sizes.split(",")]:
-            results.append(bench(n, Path(tmp), args.package, args.repeat, args.baseline))
+            results.append(bench(n, Path(tmp), args.package, args.repeat, args.baseline, args.quiet))
     floor_ok = all(r["apply"]["apply/floor wall"] <= 2 for r in results)
     speed_ok = all(r["apply"]["2w/1w speed-up (wall)"] >= 1.8 for r in results)
     peaks = [max(r["peak_rss_mib"]["apply 1w"], r["peak_rss_mib"]["apply 2w"]) for r in results]
