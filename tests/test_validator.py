@@ -431,6 +431,25 @@ def test_profile_differential_out_of_base_order_is_accepted_with_a_warning(
     assert not _errors(issues)
     order = [i for i in issues if i.message_id == "SD_DIFFERENTIAL_ORDER"]
     assert [(i.severity, i.location) for i in order] == [("warning", "StructureDefinition.differential")]
+    # the findings are remembered by what the snapshot generator reads: the same content again
+    # (another copy, in a Bundle) gets the same issues; any other content its own
+    again = json.loads(json.dumps(sd))
+    assert [(i.severity, i.location, i.message) for i in validator.validate(again)] == [
+        (i.severity, i.location, i.message) for i in issues
+    ]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"fullUrl": sd["url"], "resource": again}],
+    }
+    in_bundle = [i for i in validator.validate(bundle) if i.message_id == "SD_DIFFERENTIAL_ORDER"]
+    assert [i.location for i in in_bundle] == ["Bundle.entry[0].resource.differential"]
+    broken = json.loads(json.dumps(sd))
+    broken["differential"]["element"].append(
+        {"id": "PlanDefinition.noSuchElement", "path": "PlanDefinition.noSuchElement"}
+    )
+    assert [i.message_id for i in _errors(validator.validate(broken))] == ["SD_DIFFERENTIAL"]
+    assert not _errors(validator.validate(again))
 
 
 def test_reference_leniency_and_strict_policy(core_cache: Path, tmp_path: Path) -> None:

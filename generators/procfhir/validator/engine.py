@@ -89,6 +89,9 @@ class Validator:
         self.strict = strict
         self.unknown_extension_severity = unknown_extension_severity or ("error" if strict else "warning")
         self.regex: dict[str, re.Pattern[str] | None] = {}
+        # the differential rule's findings by what the snapshot generator reads of a profile
+        # (rules.differential): the R4 examples hold each profile twice (alone and in a Bundle)
+        self.differential_memo: dict[tuple[int, bytes], list[tuple[str, str]]] = {}
         self.code_sets: dict[str, frozenset[str]] = {}
         self.planner = Planner(self)
         if sys.getrecursionlimit() < 6000:

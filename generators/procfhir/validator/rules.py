@@ -733,24 +733,43 @@ def contained_referenced(v: Validator, res: dict[str, Any], loc: str, ctx: Ctx, 
 def differential(v: Validator, sd: dict[str, Any], loc: str, ctx: Ctx, contained: bool) -> None:
     """A profile's differential must apply to its base; elements out of the base's order are
     applied all the same (as the HL7 snapshot generator does) and reported as a warning."""
-    from procfhir.validator.snapshot import SnapshotError, generate_snapshot
-
     diff = sd.get("differential")
     if sd.get("derivation") != "constraint" or not isinstance(diff, dict):
         return
     if not isinstance(diff.get("element"), list):
         return
+    for sev, msg in _differential_findings(v, sd):
+        mid = M.SD_DIFFERENTIAL if sev == "error" else M.SD_DIFFERENTIAL_ORDER
+        ctx.add(sev, f"{loc}.differential", msg, "structure", mid=mid)
+
+
+def _differential_findings(v: Validator, sd: dict[str, Any]) -> list[tuple[str, str]]:
+    """(severity, message) of applying ``sd``'s differential to its base: worked out once per
+    content of what the snapshot generator reads (and generation of the definitions)."""
+    from procfhir.validator.snapshot import SNAPSHOT_INPUTS, SnapshotError, generate_snapshot
+
+    try:
+        content = json.dumps([sd.get(k) for k in SNAPSHOT_INPUTS], sort_keys=True, separators=(",", ":"))
+        digest = hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=20).digest()
+    except (TypeError, ValueError, RecursionError):
+        digest = None
+    memo_key = (v.defs.generation, digest) if digest is not None else None
+    if memo_key is not None:
+        hit = v.differential_memo.get(memo_key)
+        if hit is not None:
+            return hit
+    out: list[tuple[str, str]] = []
     order: list[str] = []
     try:
-        generate_snapshot(sd, v.defs, order)
+        generate_snapshot(sd, v.defs, order, check_only=True)
     except SnapshotError as exc:
-        msg = f"the differential cannot be applied to its base: {exc}"
-        ctx.add("error", f"{loc}.differential", msg, "structure", mid=M.SD_DIFFERENTIAL)
+        out.append(("error", f"the differential cannot be applied to its base: {exc}"))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        msg = f"the differential is malformed: {exc!r}"
-        ctx.add("error", f"{loc}.differential", msg, "structure", mid=M.SD_DIFFERENTIAL)
-    for problem in order:
-        ctx.add("warning", f"{loc}.differential", problem, "structure", mid=M.SD_DIFFERENTIAL_ORDER)
+        out.append(("error", f"the differential is malformed: {exc!r}"))
+    out.extend(("warning", problem) for problem in order)
+    if memo_key is not None and len(v.differential_memo) < 2000:
+        v.differential_memo[memo_key] = out
+    return out
 
 
 def bundle(v: Validator, res: dict[str, Any], loc: str, ctx: Ctx, contained: bool) -> None:

@@ -119,13 +119,21 @@ _COMPLEX_HINT = {
 }
 
 
+SNAPSHOT_INPUTS = ("url", "baseDefinition", "type", "differential")  # all generate_snapshot reads
+
+
 def generate_snapshot(
-    sd: dict[str, Any], defs: Definitions, order_problems: list[str] | None = None
+    sd: dict[str, Any],
+    defs: Definitions,
+    order_problems: list[str] | None = None,
+    check_only: bool = False,
 ) -> dict[str, Any]:
     """Return a copy of ``sd`` with ``snapshot`` computed from ``differential`` and the base.
 
     Differential elements out of the base's order are applied by id (as the HL7 snapshot
-    generator accepts them); each is described in ``order_problems`` when a list is given."""
+    generator accepts them); each is described in ``order_problems`` when a list is given.
+    ``check_only``: the same checks, ``sd`` itself returned (no copy, no snapshot made). It
+    reads of ``sd`` only what :data:`SNAPSHOT_INPUTS` names."""
     url = sd.get("url", "?")
     base_url = sd.get("baseDefinition")
     if not base_url:
@@ -228,6 +236,8 @@ def generate_snapshot(
     root_id = elements[0].get("id") or elements[0]["path"]
     if sd.get("type") and root_id != sd["type"]:
         raise SnapshotError(f"{url}: type {sd['type']} does not match base {root_id}")
+    if check_only:
+        return sd
     out = copy.deepcopy(sd)
     out["snapshot"] = {"element": json.loads(json.dumps(elements))}
     return out
