@@ -59,6 +59,21 @@ CASES = [
     ("x.where(y.exists()).empty() and x.y.exists().not()", {"x": [{"z": 1}]}),
     ("a.startsWith(b.replaceMatches('\\\\..*', '') & '.')", {"a": "T.x", "b": "T.y.z"}),
     ("a.replaceMatches('([a-z]+)-([0-9]+)', '$2$1') = '12ab'", {"a": "ab-12"}),
+    # equality with a string literal (compiled apart), on each kind of value
+    ("a = 'x'", {"a": "x"}),
+    ("a = 'x'", {"a": "y"}),
+    ("a = 'x'", {"a": True}),
+    ("a != 'x'", {"a": 1}),
+    ("a != 'x'", {"a": "x"}),
+    ("a = 'x'", {"a": ["x", "y"]}),
+    ("a != 'x'", {"a": ["x", "y"]}),
+    ("(a = 'x').empty() and (a != 'x').empty()", {}),
+    ("b.a = 'x'", {"b": [{"a": "x"}]}),
+    ("b.a = 'x'", {"b": {"a": {"c": 1}}}),
+    # and / or on one boolean, on nothing, both sides
+    ("a.exists() and (b = 'x')", {"a": 1}),
+    ("(b = 'x') or a.empty()", {"a": 1, "b": "y"}),
+    ("(b = 'x') and (c = 'y')", {"c": "y"}),
 ]
 
 
@@ -81,6 +96,15 @@ def test_outside_the_subset_is_left_to_fhirpathpy() -> None:
     fn = compile_invariant(parse("value.exists()"))
     with pytest.raises(Unsupported):  # a choice element: fhirpathpy knows its types
         fn([{"valueString": "x"}], {})
+    with pytest.raises(Unsupported):  # a primitive's twin, on one object as on several
+        fn([{"_value": {"id": "x"}}], {})
+    with pytest.raises(Unsupported):
+        fn([{}, {"_value": {"id": "x"}}], {})
+    with pytest.raises(Unsupported):  # an array compared with a string
+        compile_invariant(parse("a = 'x'"))([{"a": [["x"]]}], {})
+    for expression in ("a and b.exists()", "a or b.exists()", "b.exists() and a", "b.empty() or a"):
+        with pytest.raises(Unsupported):  # a logical operator on a string
+            compile_invariant(parse(expression))([{"a": "s", "b": 1}], {})
     # an operand outside the subset is evaluated (by fhirpathpy) only when the left side does
     # not settle the result: ctm-1 holds on every participant without onBehalfOf
     fn = compile_invariant(parse("a.exists() implies (b.resolve().exists())"))

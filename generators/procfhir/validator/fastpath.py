@@ -131,6 +131,18 @@ def _navigate(key: str) -> Callable[[list[Any]], list[Any]]:
             if all(isinstance(i, dict) for i in items):
                 return [i for i in items if i.get("resourceType") == key]
             raise Unsupported("type-name navigation")
+        if len(items) == 1 and type(items[0]) is dict:  # the loop below on one object (most steps)
+            item = items[0]
+            if twin in item:
+                raise Unsupported("a primitive's extension twin")
+            value = item.get(key)
+            if value is None:
+                if choice and any(k.startswith(key) and k[len(key) : len(key) + 1].isupper() for k in item):
+                    raise Unsupported("a choice element")
+                return []
+            if type(value) is list:
+                return list(value) if None not in value else [v for v in value if v is not None]
+            return [value]
         out: list[Any] = []
         for item in items:
             if type(item) is dict:
@@ -144,7 +156,7 @@ def _navigate(key: str) -> Callable[[list[Any]], list[Any]]:
                         raise Unsupported("a choice element")
                     continue
                 if type(value) is list:
-                    out.extend(v for v in value if v is not None)
+                    out.extend(value if None not in value else [v for v in value if v is not None])
                 else:
                     out.append(value)
             elif key == "length":
@@ -593,8 +605,43 @@ def _binary(node: dict[str, Any]) -> Fn:
     left = _compile(left_node)
     if op in ("and", "or", "implies"):  # short-circuit where the result is settled
         return _logical(op, left, _lazy(right_node))
+    lit = _string_literal_of(right_node)
+    if lit is not None and op in ("=", "!="):
+        return _equal_literal(left, lit, op == "!=")
     right = _compile(right_node)
     return lambda focus, env: impl(left(focus, env), right(focus, env))
+
+
+def _string_literal_of(node: dict[str, Any]) -> str | None:
+    """The value of a string literal term (``'Reference'`` in ``code = 'Reference'``), else None."""
+    if node["type"] != "TermExpression" or len(node.get("children") or []) != 1:
+        return None
+    term = node["children"][0]
+    if term["type"] != "LiteralTerm" or len(term.get("children") or []) != 1:
+        return None
+    child = term["children"][0]
+    return _string_literal(child["text"]) if child["type"] == "StringLiteral" else None
+
+
+def _equal_literal(left: Fn, lit: str, negated: bool) -> Fn:
+    """``x = 'text'`` / ``x != 'text'``: :func:`_equal` / :func:`_unequal` against one string."""
+
+    def equal(focus: list[Any], env: Env) -> list[Any]:
+        a = left(focus, env)
+        if not a:
+            return []
+        if len(a) != 1:
+            return [negated]
+        x = a[0]
+        if type(x) is str:
+            same = x == lit
+        elif type(x) is list:
+            raise Unsupported("equality of arrays")
+        else:
+            same = False
+        return [same != negated]
+
+    return equal
 
 
 def _operand(items: list[Any]) -> bool | None:
@@ -614,10 +661,12 @@ def _logical(op: str, left: Fn, right: Fn) -> Fn:
     if op == "and":
 
         def land(focus: list[Any], env: Env) -> list[Any]:
-            x = _operand(left(focus, env))
+            a = left(focus, env)  # _operand(a), inline: a list of one boolean, the most frequent
+            x = a[0] if len(a) == 1 and (a[0] is True or a[0] is False) else _operand(a)
             if x is False:
                 return [False]
-            y = _operand(right(focus, env))
+            b = right(focus, env)
+            y = b[0] if len(b) == 1 and (b[0] is True or b[0] is False) else _operand(b)
             if y is False:
                 return [False]
             return [] if x is None or y is None else [True]
@@ -626,10 +675,12 @@ def _logical(op: str, left: Fn, right: Fn) -> Fn:
     if op == "or":
 
         def lor(focus: list[Any], env: Env) -> list[Any]:
-            x = _operand(left(focus, env))
+            a = left(focus, env)
+            x = a[0] if len(a) == 1 and (a[0] is True or a[0] is False) else _operand(a)
             if x is True:
                 return [True]
-            y = _operand(right(focus, env))
+            b = right(focus, env)
+            y = b[0] if len(b) == 1 and (b[0] is True or b[0] is False) else _operand(b)
             if y is True:
                 return [True]
             return [] if x is None or y is None else [False]
