@@ -74,6 +74,18 @@ CASES = [
     ("a.exists() and (b = 'x')", {"a": 1}),
     ("(b = 'x') or a.empty()", {"a": 1, "b": "y"}),
     ("(b = 'x') and (c = 'y')", {"c": "y"}),
+    # string functions with a literal parameter; exists(criterion) and all() on every outcome
+    ("a.startsWith('ab') and a.endsWith('cd') and a.contains('bc')", {"a": "abcd"}),
+    ("a.startsWith('x') or a.endsWith('x') or a.contains('x')", {"a": "abcd"}),
+    ("a.matches('^[a-z]+$')", {"a": "abcd"}),
+    ("a.matches('^[a-z]+$')", {"a": "ab cd"}),
+    ("a.matches('^[a-z]+$').empty()", {}),
+    ("x.exists(y = 'a')", {"x": [{"y": "b"}, {"y": "a"}]}),
+    ("x.exists(y = 'a')", {"x": [{"y": "b"}, {"z": "a"}]}),
+    ("x.exists(y)", {"x": [{"y": "b"}]}),
+    ("x.all(y = 'a')", {"x": [{"y": "a"}, {"y": "a"}]}),
+    ("x.all(y = 'a')", {"x": [{"y": "a"}, {}]}),
+    ("x.all(y = 'a')", {}),
 ]
 
 
@@ -102,6 +114,10 @@ def test_outside_the_subset_is_left_to_fhirpathpy() -> None:
         fn([{}, {"_value": {"id": "x"}}], {})
     with pytest.raises(Unsupported):  # an array compared with a string
         compile_invariant(parse("a = 'x'"))([{"a": [["x"]]}], {})
+    with pytest.raises(Unsupported):  # a string function on an array of strings
+        compile_invariant(parse("a.matches('x')"))([{"a": ["x", "y"]}], {})
+    with pytest.raises(Unsupported):  # a regex Python does not take: left to fhirpathpy
+        compile_invariant(parse("a.matches('(?<x>a)')"))([{"a": "a"}], {})
     for expression in ("a and b.exists()", "a or b.exists()", "b.exists() and a", "b.empty() or a"):
         with pytest.raises(Unsupported):  # a logical operator on a string
             compile_invariant(parse(expression))([{"a": "s", "b": 1}], {})

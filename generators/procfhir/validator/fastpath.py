@@ -273,14 +273,30 @@ def _function(node: dict[str, Any]) -> Func:  # noqa: C901 - one table of small 
 
             return select
         if name == "all":
-            return lambda items, focus, env: [all(_is_true(crit([i], env)) for i in items)]
+
+            def all_(items: list[Any], focus: list[Any], env: Env) -> list[Any]:
+                for i in items:  # all(_is_true(...)), inline
+                    r = crit([i], env)
+                    if not (len(r) == 1 and r[0] is True):
+                        return [False]
+                return [True]
+
+            return all_
 
         def where(items: list[Any], focus: list[Any], env: Env) -> list[Any]:
             return [i for i in items if _keep(crit([i], env))]
 
         if name == "where":
             return where
-        return lambda items, focus, env: [any(_keep(crit([i], env)) for i in items)]
+
+        def exists(items: list[Any], focus: list[Any], env: Env) -> list[Any]:
+            for i in items:  # any(_keep(...)), inline
+                r = crit([i], env)
+                if r and (r[0] if isinstance(r[0], bool) else True):
+                    return [True]
+            return [False]
+
+        return exists
     if name == "trace" and n in (1, 2):
         if n == 2:
             raise Unsupported("trace() with a projection")
@@ -307,6 +323,9 @@ def _function(node: dict[str, Any]) -> Func:  # noqa: C901 - one table of small 
     if name == "replaceMatches" and n == 2:
         return _replace_matches(_compile(params[0]), _compile(params[1]))
     if name in ("startsWith", "endsWith", "contains", "matches") and n == 1:
+        lit = _string_literal_of(params[0])
+        if lit is not None:
+            return _string_test_literal(name, lit)
         arg = _compile(params[0])
         return _string_test(name, arg)
     if n:
@@ -338,6 +357,35 @@ def _string_test(name: str, arg: Fn) -> Func:
             except re.error as exc:
                 raise Unsupported(f"regex: {exc}") from None
         return [rx.search(s) is not None]
+
+    return test
+
+
+def _string_test_literal(name: str, p: str) -> Func:
+    """:func:`_string_test` with a string literal for its parameter (most of them)."""
+    if name == "matches":
+        try:
+            rx = re.compile(p, re.DOTALL)
+        except re.error:
+            return _string_test(name, lambda focus, env: [p])  # Unsupported when evaluated
+        search = rx.search
+
+        def matches(items: list[Any], focus: list[Any], env: Env) -> list[Any]:
+            if not items:
+                return []
+            return [search(_single_string(items)) is not None]
+
+        return matches
+
+    def test(items: list[Any], focus: list[Any], env: Env) -> list[Any]:
+        if not items:
+            return []
+        s = _single_string(items)
+        if name == "startsWith":
+            return [s.startswith(p)]
+        if name == "endsWith":
+            return [s.endswith(p)]
+        return [p in s]
 
     return test
 
