@@ -108,6 +108,9 @@ def test_outside_the_subset_is_left_to_fhirpathpy() -> None:
     fn = compile_invariant(parse("value.exists()"))
     with pytest.raises(Unsupported):  # a choice element: fhirpathpy knows its types
         fn([{"valueString": "x"}], {})
+    with pytest.raises(Unsupported):  # on several objects too
+        fn([{"valueX": 1, "v": 2}, {"value": 1}, {"a": 1, "valueQuantity": {"value": 1}}], {})
+    assert fn([{"valuex": 1, "v": 2}, {"values": 1}], {}) == [False]  # no typed name: none there
     with pytest.raises(Unsupported):  # a primitive's twin, on one object as on several
         fn([{"_value": {"id": "x"}}], {})
     with pytest.raises(Unsupported):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 Env = dict[str, Any]
@@ -137,7 +138,7 @@ def _navigate(key: str) -> Callable[[list[Any]], list[Any]]:
                 raise Unsupported("a primitive's extension twin")
             value = item.get(key)
             if value is None:
-                if choice and any(k.startswith(key) and k[len(key) : len(key) + 1].isupper() for k in item):
+                if choice and _choice_held(item, key):
                     raise Unsupported("a choice element")
                 return []
             if type(value) is list:
@@ -150,9 +151,7 @@ def _navigate(key: str) -> Callable[[list[Any]], list[Any]]:
                     raise Unsupported("a primitive's extension twin")
                 value = item.get(key)
                 if value is None:
-                    if choice and any(
-                        k.startswith(key) and k[len(key) : len(key) + 1].isupper() for k in item
-                    ):
+                    if choice and _choice_held(item, key):
                         raise Unsupported("a choice element")
                     continue
                 if type(value) is list:
@@ -164,6 +163,14 @@ def _navigate(key: str) -> Callable[[list[Any]], list[Any]]:
         return out
 
     return step
+
+
+def _choice_held(item: dict[str, Any], key: str) -> bool:
+    """Whether the choice element ``key`` is held by a typed name (``valueString``)."""
+    if not any(map(str.startswith, item, repeat(key))):  # most objects: no key starts so
+        return False
+    n = len(key)
+    return any(k.startswith(key) and k[n : n + 1].isupper() for k in item)
 
 
 def _member(node: dict[str, Any]) -> Fn:
