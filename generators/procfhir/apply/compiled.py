@@ -28,7 +28,8 @@ from typing import Any
 
 from fhirpathpy.engine.evaluators import string_literal
 from fhirpathpy.models import models
-from fhirpathpy.parser import parse
+
+from procfhir.fhirpath_cache import parse
 
 Env = dict[str, Any]
 Fn = Callable[[list[Any], Env], list[Any]]

@@ -21,10 +21,10 @@ from typing import Any
 import fhirpathpy
 import orjson
 from fhirpathpy.models import models
-from fhirpathpy.parser import parse
 
 from procfhir.apply.compiled import CHOICE_NAMES, Compiled, Unsupported, compile_fast
 from procfhir.apply.errors import KnowledgeError
+from procfhir.fhirpath_cache import parse
 
 R4 = models["r4"]  # types: choice elements (Procedure.performed -> performedDateTime), dates
 
