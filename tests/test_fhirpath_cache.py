@@ -111,6 +111,32 @@ def test_an_expression_that_does_not_parse_raises_and_is_not_cached(cache: Path)
     assert not cache.exists() or not list(cache.iterdir())
 
 
+def test_fhirpathpy_facts_read_without_importing_it() -> None:
+    from fhirpathpy.models import models
+
+    from procfhir.apply.compiled import _VARIABLE_TYPES, CHOICE_NAMES
+
+    assert fhirpath_cache._version() == fhirpathpy.__version__
+    paths = models["r4"]["choiceTypePaths"]
+    expected = {p.rsplit(".", 1)[-1] for p in paths if p.split(".")[0] in _VARIABLE_TYPES}
+    assert expected == CHOICE_NAMES and "onset" in CHOICE_NAMES
+
+
+def test_a_warm_plan_load_never_imports_fhirpathpy(tmp_path: Path) -> None:
+    """Loading the plan with its parse trees cached imports neither ANTLR nor fhirpathpy (every
+    expression of the plan is compiled; fhirpathpy is imported only for a fallback)."""
+    code = (
+        "import sys; from procfhir.apply.engine import load_plan; load_plan(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fhirpathpy', 'antlr4')))"
+    )
+    env = {**os.environ, "PROCFHIR_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-c", code]
+    runs = [subprocess.run(cmd, env=env, capture_output=True, text=True) for _ in "12"]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr + runs[1].stderr
+    assert "fhirpathpy.parser" in runs[0].stdout  # cold: parsed
+    assert runs[1].stdout.strip() == "[]"  # warm: neither imported
+
+
 def test_apply_batch_is_byte_identical_with_a_cold_and_a_warm_cache(tmp_path: Path) -> None:
     contexts = tmp_path / "contexts.ndjson"
     write_ndjson(contexts, 40, seed=3)

@@ -20,8 +20,10 @@ import pytest
 from procfhir.apply import load_plan
 from procfhir.apply.compiled import Unsupported, compile_fast
 from procfhir.apply.errors import KnowledgeError
-from procfhir.apply.expressions import R4, Evaluator, Expression
+from procfhir.apply.expressions import Evaluator, Expression, _r4
 from tests.apply_samples import sample_contexts
+
+R4 = _r4()
 
 CORPUS = [
     "%sites.count()",
@@ -65,6 +67,9 @@ CORPUS = [
     "'a' != 'b'",
     "'it''s' = 'it''s'",
     "'x' + 'y' = 'xy'",
+    "'' = ''",
+    "'a\\'b' + '\\u0041\\`' + '\\t'",
+    "%sites.display.first() + ' \\'quoted\\' \\n'",
     "%sites.count() = 2 and (%patient.active or %patient.deceasedBoolean)",
 ]
 # outside the compiled subset on purpose: these always run in fhirpathpy

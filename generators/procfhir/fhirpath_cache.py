@@ -10,15 +10,20 @@ Where: ``$PROCFHIR_CACHE/fhirpath-parse`` or ``$XDG_CACHE_HOME/procfhir/fhirpath
 written atomically (a temporary file, then ``os.replace``); a missing, unreadable, corrupt or
 foreign entry is ignored and the expression parsed again; a folder that cannot be written only
 costs the speed. A cache never changes a result: an entry holds its expression and version and is
-used only when both match.
+used only when both match. Nothing here imports fhirpathpy until a tree must be parsed (the
+version is read from its source, its model files located by ``importlib.util.find_spec``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
+import re
+import sys
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +39,40 @@ def cache_dir() -> Path:
     return Path(base) / FOLDER
 
 
+def _package_dir() -> Path | None:
+    """fhirpathpy's folder, found without importing it (its ``__init__`` loads the parser)."""
+    spec = importlib.util.find_spec("fhirpathpy")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else None
+
+
+_VERSION = re.compile(rb"""^__version__\s*=\s*["']([^"']+)["']""", re.MULTILINE)
+
+
+@lru_cache(maxsize=1)
 def _version() -> str:
+    """fhirpathpy's ``__version__``, read from its source when fhirpathpy is not imported yet."""
+    module = sys.modules.get("fhirpathpy")
+    if module is None:
+        folder = _package_dir()
+        try:
+            m = _VERSION.search((folder / "__init__.py").read_bytes()) if folder else None
+        except OSError:
+            m = None
+        if m is not None:
+            return m.group(1).decode("ascii", "replace")
     import fhirpathpy
 
     return str(fhirpathpy.__version__)
+
+
+def fhirpathpy_model_file(model: str, name: str) -> Path:
+    """A JSON file of fhirpathpy's models (``models/r4/choiceTypePaths.json``...), the data
+    ``fhirpathpy.models`` loads, located without importing fhirpathpy."""
+    folder = _package_dir()
+    if folder is None:
+        raise ModuleNotFoundError("fhirpathpy is not installed")
+    return folder / "models" / model / f"{name}.json"
 
 
 def _entry(expression: str, version: str) -> Path:

@@ -26,10 +26,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fhirpathpy.engine.evaluators import string_literal
-from fhirpathpy.models import models
+import orjson
 
-from procfhir.fhirpath_cache import parse
+from procfhir.fhirpath_cache import fhirpathpy_model_file, parse
 
 Env = dict[str, Any]
 Fn = Callable[[list[Any], Env], list[Any]]
@@ -42,9 +41,11 @@ _VARIABLE_TYPES = (
     "Patient", "Condition", "Procedure", "MedicationStatement", "MedicationRequest", "Medication",
     "Dosage", "Timing", "Annotation", "Extension",
 )  # fmt: skip
+# (read from fhirpathpy's R4 model file, as ``fhirpathpy.models`` does, without importing fhirpathpy:
+# a run whose expressions are all compiled never loads its parser nor its engine)
 CHOICE_NAMES = frozenset(
     path.rsplit(".", 1)[-1]
-    for path in models["r4"]["choiceTypePaths"]
+    for path in orjson.loads(fhirpathpy_model_file("r4", "choiceTypePaths").read_bytes())
     if path.split(".", 1)[0] in _VARIABLE_TYPES
 )
 
@@ -101,7 +102,13 @@ def _literal(node: dict[str, Any]) -> tuple[Fn, bool]:
     child = node["children"][0]
     kind = child["type"]
     if kind == "StringLiteral":
-        value: Any = string_literal({}, None, child)[0]
+        text = child["text"]
+        if "\\" not in text and len(text) >= 2 and text[0] == text[-1] == "'":
+            value: Any = text[1:-1]  # (no escape: what fhirpathpy's string_literal gives)
+        else:
+            from fhirpathpy.engine.evaluators import string_literal
+
+            value = string_literal({}, None, child)[0]
     elif kind == "BooleanLiteral":
         value = child["text"] == "true"
     elif kind == "NumberLiteral":

@@ -18,15 +18,11 @@ from collections import OrderedDict
 from functools import lru_cache
 from typing import Any
 
-import fhirpathpy
 import orjson
-from fhirpathpy.models import models
 
 from procfhir.apply.compiled import CHOICE_NAMES, Compiled, Unsupported, compile_fast
 from procfhir.apply.errors import KnowledgeError
 from procfhir.fhirpath_cache import parse
-
-R4 = models["r4"]  # types: choice elements (Procedure.performed -> performedDateTime), dates
 
 _STRING = re.compile(r"'(?:[^'\\]|\\.)*'")
 _BACKTICK = re.compile(r"`((?:[^`\\]|\\.)*)`")
@@ -176,6 +172,22 @@ def variable_names(tree: dict[str, Any], variables: list[str]) -> dict[str, froz
     return {v: found.get(v) for v in variables}
 
 
+@lru_cache(maxsize=1)
+def _engine() -> Any:
+    """fhirpathpy's evaluator, imported only when an expression or an input needs it."""
+    from fhirpathpy import apply_parsed_path
+
+    return apply_parsed_path
+
+
+@lru_cache(maxsize=1)
+def _r4() -> Any:
+    """fhirpathpy's R4 model: types choice elements (performed -> performedDateTime), dates."""
+    from fhirpathpy.models import models
+
+    return models["r4"]
+
+
 class Expression:
     """A compiled FHIRPath expression evaluated on ``%``-variables only (no focus resource)."""
 
@@ -208,7 +220,7 @@ class Expression:
 
     def evaluate(self, env: dict[str, Any]) -> list[Any]:
         try:
-            return list(fhirpathpy.apply_parsed_path({}, self._tree, env, R4))
+            return list(_engine()({}, self._tree, env, _r4()))
         except Exception as exc:  # an expression failing on unusual input data
             raise KnowledgeError(f"{self.where}: evaluating the expression failed: {exc}") from None
 
