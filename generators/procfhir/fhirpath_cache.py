@@ -5,13 +5,14 @@ tens of milliseconds, each further one milliseconds. Its parse tree is plain JSO
 strings), so :func:`parse` keeps each tree in a file of its own, named by the SHA-256 of the
 fhirpathpy version and the expression, and a later process reads it back in microseconds.
 
-Where: ``$PROCFHIR_CACHE/fhirpath-parse`` or ``$XDG_CACHE_HOME/procfhir/fhirpath-parse`` or
-``~/.cache/procfhir/fhirpath-parse`` (the folder the validator's FHIRPath cache uses). An entry is
-written atomically (a temporary file, then ``os.replace``); a missing, unreadable, corrupt or
-foreign entry is ignored and the expression parsed again; a folder that cannot be written only
-costs the speed. A cache never changes a result: an entry holds its expression and version and is
-used only when both match. Nothing here imports fhirpathpy until a tree must be parsed (the
-version is read from its source, its model files located by ``importlib.util.find_spec``).
+Used by the validator's invariants and by ``$apply``'s expressions. Where:
+``$PROCFHIR_CACHE/fhirpath-parse`` or ``$XDG_CACHE_HOME/procfhir/fhirpath-parse`` or
+``~/.cache/procfhir/fhirpath-parse``. An entry is written atomically (a temporary file, then
+``os.replace``); a missing, unreadable, corrupt or foreign entry is ignored and the expression
+parsed again; a folder that cannot be written only costs the speed. A cache never changes a
+result: an entry holds its expression and version and is used only when both match. Nothing here
+imports fhirpathpy until a tree must be parsed (the version is read from its source, its model
+files located by ``importlib.util.find_spec``).
 """
 
 from __future__ import annotations

@@ -7,12 +7,10 @@ what the validator does instead (nothing is skipped silently):
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
-from pathlib import Path
 from typing import Any
 
+from procfhir import fhirpath_cache
 from procfhir.validator.fastpath import Unsupported, compile_invariant
 
 # key -> how it is handled instead of fhirpathpy
@@ -73,60 +71,6 @@ _OPTIONS: dict[str, Any] = {
 }
 
 
-# Parsed FHIRPath (fhirpathpy's AST, plain JSON) kept between processes: parsing with the ANTLR
-# grammar costs milliseconds per expression, loading the AST microseconds.
-_AST: dict[str, Any] | None = None
-_AST_NEW: dict[str, Any] = {}
-
-
-def _ast_file() -> Path:
-    import fhirpathpy
-
-    base = os.environ.get("PROCFHIR_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "procfhir"
-    )
-    return Path(base) / f"fhirpath-ast-{fhirpathpy.__version__}.json"
-
-
-def _from_cached_ast(expression: str, model: Any) -> Any:
-    global _AST
-    if _AST is None:
-        try:
-            _AST = json.loads(_ast_file().read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            _AST = {}
-    ast = _AST.get(expression) if isinstance(_AST, dict) else None
-    if ast is None:
-        return None
-    from fhirpathpy import apply_parsed_path
-    from fhirpathpy.engine.util import set_paths
-
-    return set_paths(apply_parsed_path, parsedPath=ast, model=model, options=_OPTIONS)
-
-
-def _remember_ast(expression: str, fn: Any) -> None:
-    ast = getattr(fn, "parsedPath", None)
-    if isinstance(ast, dict):
-        _AST_NEW[expression] = ast
-
-
-def save_ast_cache() -> None:
-    """Persist newly parsed expressions (atomically; a failure only costs speed next time)."""
-    if not _AST_NEW:
-        return
-    path = _ast_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        merged = {**(_AST or {}), **_AST_NEW}
-        fd, tmp = tempfile.mkstemp(prefix=".ast-", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(merged, fh, separators=(",", ":"))
-        os.replace(tmp, path)
-        _AST_NEW.clear()
-    except OSError:
-        pass
-
-
 class Prepared:
     """A constraint ready for the walk: its key, and ``guard``, the names of the children it reads
     when its verdict on an element holding none of them is known to be "holds" (most of core's
@@ -178,18 +122,17 @@ class Invariants:
     def _compile(self, expression: str) -> Any:
         fn = self._compiled.get(expression)
         if fn is None and expression not in self._errors:
-            from fhirpathpy import compile as fp_compile
+            from fhirpathpy import apply_parsed_path
             from fhirpathpy.engine.nodes import ResourceNode
+            from fhirpathpy.engine.util import set_paths
             from fhirpathpy.models import models
 
             if self._model is None:
                 self._model = models["r4"]
                 self._node_cls = ResourceNode
             try:
-                fn = _from_cached_ast(expression, self._model)
-                if fn is None:
-                    fn = fp_compile(expression, self._model, _OPTIONS)
-                    _remember_ast(expression, fn)
+                tree = fhirpath_cache.parse(expression)  # parse trees kept between processes
+                fn = set_paths(apply_parsed_path, parsedPath=tree, model=self._model, options=_OPTIONS)
             except Exception as exc:  # noqa: BLE001 - any parser failure is reported
                 self._errors[expression] = f"fhirpathpy cannot parse it: {exc}"
                 return None

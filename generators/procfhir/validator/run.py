@@ -135,9 +135,6 @@ def run(
     finally:
         gc.unfreeze()
     out.could_not_run = readable == 0 and any(i.severity == "fatal" for i in out.issues)
-    from procfhir.validator.invariants import save_ast_cache
-
-    save_ast_cache()
     return out
 
 
