@@ -27,11 +27,9 @@ _SKIP_NAMES = {"package.json", ".index.json"}
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-class _Duplicates(list[str]):
-    """Duplicate keys met while parsing one document."""
+def _pairs_hook(dups: list[str]) -> Any:
+    """An ``object_pairs_hook`` that records in ``dups`` the keys met twice in one object."""
 
-
-def _pairs_hook(dups: _Duplicates) -> Any:
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out = dict(pairs)
         if len(out) != len(pairs):
@@ -73,7 +71,7 @@ def _decode(data: bytes, source: str) -> tuple[str | None, list[Issue]]:
 
 def parse_text(text: str, source: str) -> tuple[Any, list[Issue]]:
     """:func:`parse` of decoded text."""
-    dups = _Duplicates()
+    dups: list[str] = []
     collecting = gc.isenabled()
     gc.disable()  # parsing makes no reference cycles: a collection would only walk the new tree
     try:

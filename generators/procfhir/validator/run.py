@@ -4,8 +4,10 @@ tests and benchmarks.
 Two passes, so that memory stays flat on large inputs: the first reads every input for its
 definitions (resources with a canonical url: profiles, extensions, value sets...), the second
 validates one input at a time (kept from the first pass while they fit in a small budget,
-read again otherwise). ``workers`` > 1 validates in that many processes (forked after the
-definitions are known)."""
+read again otherwise). An input read again only needs its definitions from the first pass:
+orjson finds them (:mod:`procfhir.validator.fastjson`), the exact reader only reads it where
+orjson's reading is not proven the same. ``workers`` > 1 validates in that many processes
+(forked after the definitions are known)."""
 
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ from typing import Any
 from procfhir.validator import messages as M
 from procfhir.validator.definitions import DefinitionsError
 from procfhir.validator.engine import Validator
+from procfhir.validator.fastjson import UNPROVEN, loads_plain, proven
 from procfhir.validator.inputs import (
     RawInput,
     definitions_in,
-    parse_input,
     parse_input_owned,
     raw_inputs,
     read_file,
@@ -36,6 +38,37 @@ from procfhir.validator.issues import Issue
 KEEP_BYTES = 16 * 1024 * 1024  # inputs kept parsed between the passes, at most (their JSON size)
 BIG_BYTES = 4 * 1024 * 1024  # inputs validated first (see _largest_first)
 _URL = re.compile(rb'"url"\s*:\s*"([^"\\]*)"')
+
+
+def _new_definitions(value: Any, validator: Validator) -> list[dict[str, Any]]:
+    """The definitions of a parsed input that are not core's (core's own are not replaced)."""
+    return [d for d in definitions_in([value]) if not validator.defs.is_core(d["url"])]
+
+
+def _define_only(data: bytes, validator: Validator) -> int | None:
+    """The first pass on an input read again to be validated: its new definitions added (a
+    stripped copy); 1 when it is read, 0 when only the second pass knows, None when the
+    exact reader must read it (:func:`parse_input_owned`; then nothing is added here).
+
+    orjson reads it first: when orjson finds no new definition, the exact reader would find
+    none either (it gives the same values whenever it reads the file at all: they differ
+    only in what it refuses, and in the order of duplicate keys, whose last value both
+    keep), so the exact reading is left to the second pass; when it finds some and it is
+    :func:`proven` that the exact reader gives the same without issue, they are added."""
+    if not _may_define(data, validator):
+        return 1  # parsed (and its JSON judged) in the second pass
+    value = loads_plain(data)
+    if value is UNPROVEN:
+        return None
+    found = _new_definitions(value, validator)
+    if not found:
+        return 0
+    if not proven(value, data):
+        return None
+    del value
+    for d in found:
+        validator.defs.add(d, strip=True)
+    return 1
 
 
 def _may_define(data: bytes, validator: Validator) -> bool:
@@ -86,42 +119,17 @@ def run(
         out.issues.append(Issue("fatal", "", str(exc), "processing", message_id=M.DEFINITIONS_UNAVAILABLE))
         out.could_not_run = True
         return out
-    kept: list[tuple[str, Any, list[Issue]]] | None = [] if workers == 1 else None
-    size = 0
-    readable = 0
-    big: list[tuple[int, str, bool]] = []  # (size, file, found in a folder) of the large inputs
-    for item in raw_inputs(paths):
-        data = item[1]
-        size += len(data or b"")
-        if kept is not None and size > KEEP_BYTES:
-            kept = None
-        if (
-            data is not None
-            and len(data) > BIG_BYTES
-            and item[0].endswith(".json")
-            and Path(item[0]).is_file()
-        ):
-            # a JSON file read as it is (an XML file's bytes are its converted JSON: left in place)
-            big.append((len(data), item[0], item[3]))
-        if kept is None and data is not None and not _may_define(data, validator):
-            readable += 1  # parsed (and its JSON judged) in the second pass
-            del item, data  # not held while the next input is read
-            continue
-        box = [item]
-        del item, data
-        source, res, issues = parse_input_owned(box)
-        if res is not None:
-            readable += 1
-            for d in definitions_in([res]):
-                if not validator.defs.is_core(d["url"]):
-                    # inputs not kept are read again to be validated: this copy only defines
-                    validator.defs.add(d, strip=kept is None)
-        if kept is not None:
-            kept.append((source, res, issues))
-        del res
-    # The definitions stay to the end: the cycle collector need not walk them again and again
-    gc.freeze()
+    collecting = gc.isenabled()
+    # The cycle collector is off while reading: parsing makes millions of objects and no cycle
+    # (a collection after each input would only walk its new JSON); what is kept is frozen.
+    gc.disable()
     try:
+        kept, readable, big = _first_pass(paths, validator, workers)
+        # The definitions stay to the end, as each input's JSON until it is validated: the
+        # collector need not walk them again and again (they hold no cycle); unfrozen at the end
+        gc.freeze()
+        if collecting:
+            gc.enable()
         if workers > 1:
             _validate_parallel(validator, _raw_largest_first(paths, big), profile, workers, out)
         else:
@@ -134,8 +142,56 @@ def run(
                 del res  # not held while the next input is read and parsed
     finally:
         gc.unfreeze()
-    out.could_not_run = readable == 0 and any(i.severity == "fatal" for i in out.issues)
+        if collecting:
+            gc.enable()
+    # an input read in the second pass was readable (the first pass counts only some of them)
+    fatal = any(i.severity == "fatal" for i in out.issues)
+    out.could_not_run = readable == 0 and out.resources == 0 and fatal
     return out
+
+
+Kept = list[tuple[str, Any, list[Issue]]]
+
+
+def _first_pass(
+    paths: list[str], validator: Validator, workers: int
+) -> tuple[Kept | None, int, list[tuple[int, str, bool]]]:
+    """Every input read for its definitions (added to ``validator``): (the inputs parsed, when
+    they all fit in KEEP_BYTES and one process validates; the number read; the large files:
+    size, file, found in a folder)."""
+    kept: Kept | None = [] if workers == 1 else None
+    size = 0
+    readable = 0
+    big: list[tuple[int, str, bool]] = []
+    for item in raw_inputs(paths):
+        source, data, problem, in_folder = item
+        size += len(data or b"")
+        if kept is not None and size > KEEP_BYTES:
+            kept = None
+        if data is not None and len(data) > BIG_BYTES and source.endswith(".json") and Path(source).is_file():
+            # a JSON file read as it is (an XML file's bytes are its converted JSON: left in place)
+            big.append((len(data), source, in_folder))
+        if kept is None and data is not None:
+            del item
+            read = _define_only(data, validator)
+            if read is not None:
+                readable += read  # the others read in the second pass: counted in out.resources
+                del data  # not held while the next input is read
+                continue
+            item = (source, data, problem, in_folder)
+        box = [item]
+        del item, data
+        source, res, issues = parse_input_owned(box)
+        if res is not None:
+            readable += 1
+            for d in definitions_in([res]):
+                if not validator.defs.is_core(d["url"]):
+                    # inputs not kept are read again to be validated: this copy only defines
+                    validator.defs.add(d, strip=kept is None)
+        if kept is not None:
+            kept.append((source, res, issues))
+        del res
+    return kept, readable, big
 
 
 def _largest_first(
@@ -147,7 +203,21 @@ def _largest_first(
     for item in _raw_largest_first(paths, big):
         box = [item]
         del item
-        yield parse_input_owned(box)
+        yield _parse_frozen(box)
+
+
+def _parse_frozen(box: list[RawInput]) -> tuple[str, Any, list[Issue]]:
+    """:func:`parse_input_owned`, the cycle collector off; the new JSON then frozen (see
+    :func:`run`): it holds no cycle, and is freed as usual once validated."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        parsed = parse_input_owned(box)
+        gc.freeze()
+        return parsed
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _raw_largest_first(paths: list[str], big: list[tuple[int, str, bool]]) -> Iterator[RawInput]:
@@ -187,7 +257,7 @@ _WORKER: tuple[Validator, str | None] | None = None
 def _work(item: RawInput) -> tuple[int, list[Issue]]:
     assert _WORKER is not None
     validator, profile = _WORKER
-    source, res, issues = parse_input(item)
+    source, res, issues = _parse_frozen([item])
     if res is None:
         return 0, issues
     return 1, issues + _validate(validator, res, profile, source)
