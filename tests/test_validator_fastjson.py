@@ -362,6 +362,10 @@ def test_two_pass_run_same_outcome_as_exact_reading(tmp_path: Path, monkeypatch:
         (tmp_path / name).write_text(body)
 
     one = run_mod.run([str(tmp_path)])
+    total = sum(len(body.encode()) for body in files.values())
+    monkeypatch.setattr(run_mod, "KEEP_BYTES", total // 2)  # the first files wait, then not kept
+    half = run_mod.run([str(tmp_path)])
+    assert sorted(one.issues) == sorted(half.issues) and one.resources == half.resources
     monkeypatch.setattr(run_mod, "KEEP_BYTES", 0)  # two passes, the first with the shortcut
     calls: list[bool] = []
 

@@ -55,9 +55,7 @@ def read_bytes(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES, what: str =
     """The bytes of a regular file, refused (never read) when larger than ``max_bytes``."""
     p = Path(path)
     try:
-        if p.is_dir():
-            raise StrictInputError(str(p), f"is a folder, not a {what}")
-        with open(p, "rb") as f:
+        with open(p, "rb") as f:  # a folder: IsADirectoryError (PermissionError on Windows)
             # read(n) sets aside n bytes first: asking for the file's size (plus one, to see
             # it grow) spares a 256 MB allocation per file; the rest, if any, up to the limit
             size = os.fstat(f.fileno()).st_size
@@ -70,6 +68,8 @@ def read_bytes(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES, what: str =
     except IsADirectoryError:
         raise StrictInputError(str(p), f"is a folder, not a {what}") from None
     except PermissionError:
+        if p.is_dir():
+            raise StrictInputError(str(p), f"is a folder, not a {what}") from None
         raise StrictInputError(str(p), f"cannot read the {what}: permission denied") from None
     except OSError as exc:
         raise StrictInputError(str(p), f"cannot read the {what}: {exc.strerror or exc}") from None

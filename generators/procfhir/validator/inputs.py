@@ -165,15 +165,32 @@ def _info(source: str, msg: str, mid: str) -> Issue:
 RawInput = tuple[str, bytes | None, Issue | None, bool]  # source, bytes, problem, found in a folder
 
 
-def raw_inputs(paths: list[str], definitions: bool = False) -> Iterator[RawInput]:
+def folder_files(path: Path) -> list[Path]:
+    """The files of a folder and its subfolders that :func:`raw_inputs` looks at, sorted
+    (hidden files, ``package.json`` and ``.index.json`` left out)."""
+    return [
+        f
+        for f in sorted(path.rglob("*"))
+        if f.is_file() and f.name not in _SKIP_NAMES and not f.name.startswith(".")
+    ]
+
+
+def raw_inputs(
+    paths: list[str], definitions: bool = False, listings: dict[str, list[Path]] | None = None
+) -> Iterator[RawInput]:
     """(source name, bytes or None, problem or None) for every input file (folders walked,
-    tarballs opened). FHIR XML files are read as the JSON of their resource."""
+    tarballs opened). FHIR XML files are read as the JSON of their resource. ``listings``:
+    each folder's :func:`folder_files`, found there or kept there (the same folder walked
+    once in two passes)."""
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for f in sorted(path.rglob("*")):
-                if not f.is_file() or f.name in _SKIP_NAMES or f.name.startswith("."):
-                    continue
+            files = listings.get(raw) if listings is not None else None
+            if files is None:
+                files = folder_files(path)
+                if listings is not None:
+                    listings[raw] = files
+            for f in files:
                 if f.suffix == ".json":
                     yield (str(f), *_read(f), True)  # no local keeps the bytes while suspended
                 elif f.suffix == ".xml":

@@ -124,16 +124,17 @@ def run(
     # (a collection after each input would only walk its new JSON); what is kept is frozen.
     gc.disable()
     try:
-        kept, readable, big = _first_pass(paths, validator, workers)
+        listings: dict[str, list[Path]] = {}  # each folder walked once
+        kept, readable, big = _first_pass(paths, validator, workers, listings)
         # The definitions stay to the end, as each input's JSON until it is validated: the
         # collector need not walk them again and again (they hold no cycle); unfrozen at the end
         gc.freeze()
         if collecting:
             gc.enable()
         if workers > 1:
-            _validate_parallel(validator, _raw_largest_first(paths, big), profile, workers, out)
+            _validate_parallel(validator, _raw_largest_first(paths, big, listings), profile, workers, out)
         else:
-            items = kept if kept is not None else _largest_first(paths, big)
+            items = kept if kept is not None else _largest_first(paths, big, listings)
             for source, res, issues in items:
                 out.issues.extend(issues)
                 if res is not None:
@@ -154,53 +155,74 @@ Kept = list[tuple[str, Any, list[Issue]]]
 
 
 def _first_pass(
-    paths: list[str], validator: Validator, workers: int
+    paths: list[str], validator: Validator, workers: int, listings: dict[str, list[Path]]
 ) -> tuple[Kept | None, int, list[tuple[int, str, bool]]]:
     """Every input read for its definitions (added to ``validator``): (the inputs parsed, when
     they all fit in KEEP_BYTES and one process validates; the number read; the large files:
-    size, file, found in a folder)."""
-    kept: Kept | None = [] if workers == 1 else None
+    size, file, found in a folder). Inputs are parsed only once they are known to fit: until
+    then their bytes wait (if they do not all fit, they are read again in the second pass)."""
+    pending: list[RawInput] | None = [] if workers == 1 else None
     size = 0
     readable = 0
     big: list[tuple[int, str, bool]] = []
-    for item in raw_inputs(paths):
-        source, data, problem, in_folder = item
+    for item in raw_inputs(paths, listings=listings):
+        source, data, _problem, in_folder = item
         size += len(data or b"")
-        if kept is not None and size > KEEP_BYTES:
-            kept = None
         if data is not None and len(data) > BIG_BYTES and source.endswith(".json") and Path(source).is_file():
             # a JSON file read as it is (an XML file's bytes are its converted JSON: left in place)
             big.append((len(data), source, in_folder))
-        if kept is None and data is not None:
-            del item
-            read = _define_only(data, validator)
-            if read is not None:
-                readable += read  # the others read in the second pass: counted in out.resources
-                del data  # not held while the next input is read
+        del data
+        if pending is not None:
+            if size <= KEEP_BYTES:
+                pending.append(item)
                 continue
-            item = (source, data, problem, in_folder)
+            pending.reverse()
+            while pending:
+                readable += _define_from([pending.pop()], validator)
+            pending = None
         box = [item]
-        del item, data
-        source, res, issues = parse_input_owned(box)
+        del item
+        readable += _define_from(box, validator)
+    if pending is None:
+        return None, readable, big
+    kept: Kept = []
+    pending.reverse()
+    while pending:
+        source, res, issues = parse_input_owned([pending.pop()])
         if res is not None:
             readable += 1
-            for d in definitions_in([res]):
-                if not validator.defs.is_core(d["url"]):
-                    # inputs not kept are read again to be validated: this copy only defines
-                    validator.defs.add(d, strip=kept is None)
-        if kept is not None:
-            kept.append((source, res, issues))
-        del res
+            for d in _new_definitions(res, validator):
+                validator.defs.add(d)  # kept, validated as they are: not stripped
+        kept.append((source, res, issues))
     return kept, readable, big
 
 
+def _define_from(box: list[RawInput], validator: Validator) -> int:
+    """The new definitions of the one input in ``box`` (taken out of it), read again to be
+    validated, added (stripped copies); 1 when it is read, else 0 (then the second pass may)."""
+    source, data, problem, in_folder = box.pop()
+    if data is None:
+        return 0
+    read = _define_only(data, validator)
+    if read is not None:
+        return read
+    box.append((source, data, problem, in_folder))
+    del data
+    _source, res, _issues = parse_input_owned(box)
+    if res is None:
+        return 0
+    for d in _new_definitions(res, validator):
+        validator.defs.add(d, strip=True)  # this copy only defines
+    return 1
+
+
 def _largest_first(
-    paths: list[str], big: list[tuple[int, str, bool]]
+    paths: list[str], big: list[tuple[int, str, bool]], listings: dict[str, list[Path]] | None = None
 ) -> Iterator[tuple[str, Any, list[Issue]]]:
     """:func:`read_inputs` of ``paths``, the large files first (largest first): a large Bundle
     parsed while little else is held (a 35 MB one is about 100 MB of objects) keeps the peak of
     memory down; the order of the issues is the outcome's own (sorted by file)."""
-    for item in _raw_largest_first(paths, big):
+    for item in _raw_largest_first(paths, big, listings):
         box = [item]
         del item
         yield _parse_frozen(box)
@@ -220,7 +242,9 @@ def _parse_frozen(box: list[RawInput]) -> tuple[str, Any, list[Issue]]:
             gc.enable()
 
 
-def _raw_largest_first(paths: list[str], big: list[tuple[int, str, bool]]) -> Iterator[RawInput]:
+def _raw_largest_first(
+    paths: list[str], big: list[tuple[int, str, bool]], listings: dict[str, list[Path]] | None = None
+) -> Iterator[RawInput]:
     """:func:`raw_inputs` of ``paths``, the large files (``big``: size, file, found in a
     folder) first, largest first; each input once per time it is named."""
     first = sorted(big, reverse=True)
@@ -229,7 +253,7 @@ def _raw_largest_first(paths: list[str], big: list[tuple[int, str, bool]]) -> It
         data, problem = read_file(Path(source))
         yield source, data, problem, in_folder
         del data
-    for item in raw_inputs(paths):
+    for item in raw_inputs(paths, listings=listings):
         if pending.get(item[0]):
             pending[item[0]] -= 1
             continue
