@@ -12,7 +12,9 @@ was the package ``generators``: it is run as ``python -m generators.cli`` from i
 
 Prints, with the load average (the machine's cores may be shared: CPU seconds are the steadier
 figure, wall seconds include waiting for a core):
-- ``procfhir validate <examples>`` in one process: wall, CPU, peak RSS, resources/s;
+- ``procfhir validate <examples>`` in one process: wall, CPU, peak RSS, resources/s; with the
+  Python modules (``PROCFHIR_NATIVE=0``) and, when ``procfhir native build`` was run, the compiled
+  ones (:mod:`procfhir.native`), and whether their OperationOutcomes are byte-identical;
 - the same with ``--workers N``;
 - ours and HAPI's $validate on the same sample of the examples (every BENCH_HAPI_STRIDE-th file,
   default 25: ~210 resources; HAPI takes about a second each), as a ratio.
@@ -42,11 +44,15 @@ _MEASURE = (
 )
 
 
-def cli_run(args: list[str], src: str | None = None) -> tuple[float, float, float, int, str]:
+def cli_run(
+    args: list[str], src: str | None = None, extra_env: dict[str, str] | None = None
+) -> tuple[float, float, float, int, str]:
     """(wall s, CPU s, peak RSS MiB, exit code, summary) of one fresh ``procfhir`` process tree
     (``src``: run the code of that ``generators`` folder instead)."""
     cmd = [sys.executable, "-m", "procfhir.cli"]
-    env = {**os.environ, "PYTHONPATH": src} if src else None
+    env = {**os.environ, **(extra_env or {})}
+    if src:
+        env["PYTHONPATH"] = src
     if src and not (Path(src) / "procfhir").is_dir() and (Path(src) / "cli.py").is_file():
         # the old layout: the folder is the package (``generators.cli``), importable from its parent
         folder = Path(src).resolve()
@@ -64,33 +70,49 @@ def load() -> str:
 
 
 def whole_package(examples: Path) -> None:
+    from procfhir import native
+
     baseline = os.environ.get("BENCH_BASELINE_SRC")
-    runs: list[tuple[str, int, str | None]] = [("ours ", 1, None), ("ours ", WORKERS, None)]
+    built = native.status().built
+    print(f"native build of the walk's modules: {'yes' if built else 'no'} (procfhir native build)")
+    python_only = {native.ENV_SWITCH: "0"}
+    runs: list[tuple[str, int, str | None, dict[str, str]]] = [
+        ("python", 1, None, python_only),
+        ("ours", 1, None, {}),
+        ("ours", WORKERS, None, {}),
+    ]
+    if not built:
+        runs.pop(0)  # "ours" is the Python modules already
     if baseline:
-        runs.insert(0, ("older", 1, baseline))
+        runs.insert(0, ("older", 1, baseline, {}))
     figures: dict[tuple[str, int], tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for k, (who, workers, src) in enumerate(runs):
+        for k, (who, workers, src, extra_env) in enumerate(runs):
             args = ["validate", str(examples), "-q", "--outcome", f"{tmp}/oo-{k}.json"]  # a new file each
             if not src:
                 args += ["--workers", str(workers)]
             before = load()
-            wall, cpu, rss, code, summary = cli_run(args, src)
+            wall, cpu, rss, code, summary = cli_run(args, src, extra_env)
             head = summary.split(" resource", 1)[0]
             n = float(head) if head.isdigit() else 0.0
             print(
-                f"{who} procfhir validate <examples> --workers {workers}: wall {wall:.1f} s, "
+                f"{who:6} procfhir validate <examples> --workers {workers}: wall {wall:.1f} s, "
                 f"CPU {cpu:.1f} s, peak RSS {rss:.0f} MiB, exit {code}; {n / wall:,.0f} resources/s "
                 f"wall, {n / max(cpu, 1e-9):,.0f}/s CPU ({before}; after: {load()})"
             )
             print(f"      {summary}")
-            figures[(who.strip(), workers)] = (cpu, wall)
-    old, new = figures.get(("older", 1)), figures.get(("ours", 1))
-    if old and new:
-        print(
-            f"ratio older/ours in one process: CPU {old[0] / new[0]:.1f}x, wall {old[1] / new[1]:.1f}x "
-            f"({load()})"
-        )
+            figures[(who, workers)] = (cpu, wall)
+        ours = [k for k, run in enumerate(runs) if run[0] != "older"]
+        same = len({Path(f"{tmp}/oo-{k}.json").read_bytes() for k in ours}) == 1
+        print(f"      our {len(ours)} OperationOutcomes are {'identical' if same else 'NOT identical'}")
+    new = figures.get(("ours", 1))
+    for other in ("older", "python"):
+        old = figures.get((other, 1))
+        if old and new:
+            print(
+                f"ratio {other}/ours in one process: CPU {old[0] / new[0]:.1f}x, "
+                f"wall {old[1] / new[1]:.1f}x ({load()})"
+            )
 
 
 def side_by_side(examples: Path, base: str) -> None:

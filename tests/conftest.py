@@ -83,3 +83,31 @@ def terminology_installed() -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true but the terminology content cannot be installed: {exc}", pytrace=False)
         pytest.skip(f"terminology content not installed and the registries are unreachable: {exc}")
+
+
+@pytest.fixture
+def ran_with_python_modules(request: pytest.FixtureRequest) -> bool:
+    """For a test that patches the validator's own classes or functions, which only its Python
+    modules allow: when the compiled build is in use here (procfhir.native), the test is run in a
+    fresh interpreter with ``PROCFHIR_NATIVE=0``, must pass there, and this gives True (the test
+    then returns at once); False when this process has the Python modules (the test runs here)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import procfhir.validator  # noqa: F401 - imports the compiled modules when they are in use
+    from procfhir import native
+
+    if not native.status().active:
+        return False
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", request.node.nodeid],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, native.ENV_SWITCH: "0"},
+        timeout=1800,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    return True

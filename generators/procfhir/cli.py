@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "review": "review",
     "draft": "draft",
     "terminology": "terminology",
+    "native": "native",
 }
 
 

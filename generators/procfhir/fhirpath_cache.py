@@ -30,14 +30,13 @@ from typing import Any
 
 import orjson
 
+from procfhir.cachedir import cache_base
+
 FOLDER = "fhirpath-parse"
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("PROCFHIR_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "procfhir"
-    )
-    return Path(base) / FOLDER
+    return cache_base() / FOLDER
 
 
 def _package_dir() -> Path | None:

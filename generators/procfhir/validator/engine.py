@@ -119,8 +119,9 @@ class Validator:
                 "too-costly",
                 mid=M.TOO_DEEP,
             )
-        except Exception as exc:  # noqa: BLE001 - never a traceback: the failure is an issue
-            ctx.add("fatal", ctx.res_loc, _internal(exc), "exception", mid=M.INTERNAL_ERROR)
+        except Exception as failure:  # noqa: BLE001 - never a traceback: the failure is an issue
+            # (not ``exc``: one name per except clause type, see procfhir.native)
+            ctx.add("fatal", ctx.res_loc, _internal(failure), "exception", mid=M.INTERNAL_ERROR)
         return issues
 
     def resource(

@@ -133,12 +133,12 @@ def _navigate(key: str) -> Callable[[list[Any]], list[Any]]:
                 return [i for i in items if i.get("resourceType") == key]
             raise Unsupported("type-name navigation")
         if len(items) == 1 and type(items[0]) is dict:  # the loop below on one object (most steps)
-            item = items[0]
-            if twin in item:
+            one = items[0]  # not ``item``: mypy would type it dict, and the loop below reuses it
+            if twin in one:
                 raise Unsupported("a primitive's extension twin")
-            value = item.get(key)
+            value = one.get(key)
             if value is None:
-                if choice and _choice_held(item, key):
+                if choice and _choice_held(one, key):
                     raise Unsupported("a choice element")
                 return []
             if type(value) is list:
@@ -414,8 +414,8 @@ def _replace_matches(regex: Fn, substitution: Fn) -> Func:
                 raise Unsupported(f"regex: {exc}") from None
         try:
             return [hit[0].sub(hit[1], s)]
-        except (re.error, IndexError) as exc:
-            raise Unsupported(f"replaceMatches(): {exc}") from None
+        except (re.error, IndexError) as failure:  # not ``exc``: see procfhir.native
+            raise Unsupported(f"replaceMatches(): {failure}") from None
 
     return replace
 

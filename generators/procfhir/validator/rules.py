@@ -764,8 +764,8 @@ def _differential_findings(v: Validator, sd: dict[str, Any]) -> list[tuple[str, 
         generate_snapshot(sd, v.defs, order, check_only=True)
     except SnapshotError as exc:
         out.append(("error", f"the differential cannot be applied to its base: {exc}"))
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        out.append(("error", f"the differential is malformed: {exc!r}"))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as malformed:
+        out.append(("error", f"the differential is malformed: {malformed!r}"))  # not ``exc``: procfhir.native
     out.extend(("warning", problem) for problem in order)
     if memo_key is not None and len(v.differential_memo) < 2000:
         v.differential_memo[memo_key] = out
