@@ -29,6 +29,9 @@ _ID_RE = re.compile(r"[A-Za-z0-9\-\.]{1,64}")
 MAX_DEPTH = 120  # JSON nesting levels below a resource; FHIR content stays far below
 
 
+_INDEX = re.compile(r"\[\d+\]")  # [n] in a location
+
+
 class Ctx:
     """Per-resource state: the resource being validated, its container and its issues."""
 
@@ -63,7 +66,7 @@ class Ctx:
         """The element path of a location, from its resource's type (``Patient.name``)."""
         rtype = self.resource.get("resourceType", "")
         rest = loc[len(self.res_loc) :] if loc.startswith(self.res_loc) else loc
-        return re.sub(r"\[\d+\]", "", f"{rtype}{rest}" if self.res_loc else rest)
+        return _INDEX.sub("", f"{rtype}{rest}" if self.res_loc else rest)
 
 
 class Validator:

@@ -69,6 +69,9 @@ _STRING_JSON = {
     "xhtml",
 }
 _SEVERITY_BY_STRENGTH = {"required": "error", "extensible": "warning", "preferred": "information"}
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*:")  # an absolute URL's scheme
+_LAST_INDEX = re.compile(r"\[\d+\]$")
+_CHOICE_HEAD = re.compile(r"^([a-z][A-Za-z0-9]*?)[A-Z]")  # value in valueQuantity
 _JAVA_WS = "".join(chr(c) for c in range(0x21))  # Java's trim(): a non-breaking space is no whitespace
 
 
@@ -535,7 +538,7 @@ def reference(
     else:
         m = _LITERAL_REF.fullmatch(ref)
         if m is None:
-            if re.match(r"^[a-z][a-z0-9+.\-]*:", ref):
+            if _SCHEME.match(ref):
                 return  # an absolute URL that is not a RESTful one: allowed, not resolved
             msg = f"malformed literal reference {ref!r} (expected [base/]Type/id, #id or urn:uuid:)"
             ctx.add("error", f"{loc}.reference", msg, "value", mid=M.REF_MALFORMED)
@@ -671,11 +674,11 @@ def extension_context(
     holder = loc.rsplit(".", 1)[0] if "." in loc else loc
     if holder.endswith(("modifierExtension", "extension")):
         holder = holder.rsplit(".", 1)[0]
-    inst_path = ctx.element_path(re.sub(r"\[\d+\]$", "", holder))
+    inst_path = ctx.element_path(_LAST_INDEX.sub("", holder))
     paths = {inst_path, host.path}
     if "." in inst_path:  # a choice element: valueQuantity is value[x]
         head, last = inst_path.rsplit(".", 1)
-        m = re.match(r"^([a-z][A-Za-z0-9]*?)[A-Z]", last)
+        m = _CHOICE_HEAD.match(last)
         if m:
             paths.add(f"{head}.{m.group(1)}[x]")
             paths.add(f"{head}.{m.group(1)}")

@@ -9,11 +9,22 @@ the base's element order, each slice after its base element's children; determin
 from __future__ import annotations
 
 import copy
-import json
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 if TYPE_CHECKING:
     from procfhir.validator.definitions import Definitions
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of JSON data (what definitions hold): through orjson, about ten times faster
+    than ``copy.deepcopy``, and the same data back (its floats round-trip exactly, dict order is
+    kept); anything orjson refuses (an integer beyond 64 bits, a lone surrogate) by deepcopy."""
+    try:
+        return orjson.loads(orjson.dumps(value))
+    except TypeError:  # orjson.JSONEncodeError is one
+        return copy.deepcopy(value)
 
 
 class SnapshotError(Exception):
@@ -39,21 +50,21 @@ def _merge(target: dict[str, Any], diff: dict[str, Any]) -> None:
         if key == "constraint":
             have = {c.get("key") for c in target.get("constraint", [])}
             target["constraint"] = target.get("constraint", []) + [
-                copy.deepcopy(c) for c in value if c.get("key") not in have
+                _copy(c) for c in value if c.get("key") not in have
             ]
         elif key.startswith(("fixed", "pattern")):
             for k in [k for k in target if k.startswith(("fixed", "pattern"))]:
                 del target[k]
-            target[key] = copy.deepcopy(value)
+            target[key] = _copy(value)
         else:
-            target[key] = copy.deepcopy(value)
+            target[key] = _copy(value)
 
 
 def _retarget(elements: list[dict[str, Any]], old_prefix: str, new_id: str, new_path: str) -> list[dict]:
     """Copy a type's snapshot elements (without root) under element new_id."""
     out = []
     for ed in elements[1:]:
-        ed = copy.deepcopy(ed)
+        ed = _copy(ed)
         eid = ed.get("id") or ed["path"]
         rest = eid[len(old_prefix) :]
         ed["id"] = new_id + rest
@@ -141,7 +152,7 @@ def generate_snapshot(
     base = defs.sd(base_url)
     if base is None:
         raise SnapshotError(f"{url}: base definition {base_url} not found")
-    elements: list[dict[str, Any]] = copy.deepcopy(base.resource["snapshot"]["element"])
+    elements: list[dict[str, Any]] = _copy(base.resource["snapshot"]["element"])
     for ed in elements:  # the base's publication status and examples are not the profile's
         ed.pop("example", None)
         if "extension" in ed:
@@ -196,14 +207,14 @@ def generate_snapshot(
             if "/" in slice_name:  # re-slicing: based on the slice being re-sliced
                 base_id = f"{base_id}:{slice_name.rsplit('/', 1)[0]}"
             ensure(base_id)
-            new = copy.deepcopy(elements[index[base_id]])
+            new = _copy(elements[index[base_id]])
             new.pop("slicing", None)
             new["id"] = eid
             new["sliceName"] = slice_name
             # the slice's children: those of the sliced element (Bundle.entry:x.resource)
             kids = []
             for e in elements[index[base_id] + 1 : end_of(base_id, with_slices=False)]:
-                kid = copy.deepcopy(e)
+                kid = _copy(e)
                 kid["id"] = eid + (e.get("id") or e["path"])[len(base_id) :]
                 kids.append(kid)
             pos = end_of(base_id, with_slices=True)
@@ -238,6 +249,6 @@ def generate_snapshot(
         raise SnapshotError(f"{url}: type {sd['type']} does not match base {root_id}")
     if check_only:
         return sd
-    out = copy.deepcopy(sd)
-    out["snapshot"] = {"element": json.loads(json.dumps(elements))}
+    out = _copy(sd)
+    out["snapshot"] = {"element": _copy(elements)}
     return out

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from procfhir.validator.engine import Ctx, Validator
 
 _EXT_TYPES = ("Extension",)
+_EXTENSION_STEP = re.compile(r"extension\('([^']*)'\)")
 _EXAMPLE_HOSTS = re.compile(r"^https?://([^/]*\.)?(example\.(org|com|net)|acme\.(com|org))(/|$)")
 
 # one JSON property for a child: (key, type code, value)
@@ -387,7 +388,7 @@ def follow(value: Any, path: str) -> list[Any]:
     cur = [value]
     for part in path.split("."):
         nxt: list[Any] = []
-        m = re.fullmatch(r"extension\('([^']*)'\)", part)
+        m = _EXTENSION_STEP.fullmatch(part)
         for item in cur:
             if not isinstance(item, dict):
                 continue
