@@ -431,3 +431,37 @@ def test_read_bytes_asks_for_the_size_and_keeps_the_limit(tmp_path: Path) -> Non
         assert b"VmRSS" in text and text.endswith(b"\n")
         with pytest.raises(StrictInputError, match="larger than 10 bytes"):
             read_bytes(status, max_bytes=10)
+
+
+def test_second_pass_holds_one_input_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When an input is parsed in the second pass, the JSON of the one before is already freed
+    (nothing holds it: not the loop, not a generator suspended at its yield)."""
+    if not fhircache.is_filled():
+        pytest.skip("FHIR package cache not filled")
+    import weakref
+
+    from procfhir.validator import run as run_mod
+
+    class Tracked(dict[str, Any]):
+        __slots__ = ("__weakref__",)
+
+    for n in range(6):
+        body = {"resourceType": "Basic", "id": f"b{n}", "code": {"text": "x" * (n * 100)}}
+        (tmp_path / f"b{n}.json").write_text(json.dumps(body))
+    monkeypatch.setattr(run_mod, "KEEP_BYTES", 0)
+    monkeypatch.setattr(run_mod, "BIG_BYTES", 300)  # some inputs "large" (validated first)
+    alive: list[weakref.ref[Tracked]] = []
+    seen: list[bool] = []
+    real = run_mod.parse_input_owned
+
+    def parse_tracked(box: list[Any]) -> tuple[str, Any, list[Any]]:
+        seen.append(any(ref() is not None for ref in alive))
+        source, res, issues = real(box)
+        res = Tracked(res)
+        alive.append(weakref.ref(res))
+        return source, res, issues
+
+    monkeypatch.setattr(run_mod, "parse_input_owned", parse_tracked)
+    result = run_mod.run([str(tmp_path)])
+    assert result.resources == 6 and len(seen) == 6
+    assert not any(seen), seen

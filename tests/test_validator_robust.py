@@ -156,6 +156,11 @@ def test_outcome_file_bytes_are_the_standard_encoders() -> None:
         [],
         [Issue("error", "A.b", text, "value", "k-1", "f.json", "MID")],
         [Issue("warning", "", "x"), Issue("information", "C", "y\nz", source="g.json")],
+        # more than one batch of issues, the last one short
+        [
+            Issue("error", f"A.b[{n}]", f"{text} {n}", "value", "", f"f{n % 7}.json", "MID")
+            for n in range(2345)
+        ],
     ):
         whole = to_operation_outcome(issues)
         want = (json.dumps(whole, indent=2, ensure_ascii=False) + "\n").encode()
