@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 CORE_BASE = "http://hl7.org/fhir/StructureDefinition/"
 FHIRPATH_STRING = "http://hl7.org/fhirpath/System.String"
 _FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
@@ -209,7 +211,7 @@ class Definitions:
         self.core_dir = core_dir
         index_path = core_dir / ".index.json"
         try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
+            index = load_json_file(index_path)
         except FileNotFoundError:
             raise DefinitionsError(
                 f"the R4 core package is not in the FHIR package cache ({core_dir}); "
@@ -270,7 +272,7 @@ class Definitions:
         res = None
         if fname:
             try:
-                res = json.loads((self.core_dir / fname).read_text(encoding="utf-8"))
+                res = load_json_file(self.core_dir / fname)
                 if self.lean and isinstance(res, dict):
                     _strip_prose(res)
             except (OSError, ValueError) as exc:
@@ -307,3 +309,15 @@ class Definitions:
 
     def type_sd(self, code: str) -> CompiledSD | None:
         return self.sd(code if "/" in code else CORE_BASE + code)
+
+
+def load_json_file(path: Path) -> Any:
+    """``json.loads`` of a definition file's UTF-8 text (package files: R4 core, terminology),
+    through orjson, several times faster on the large ones; whatever orjson refuses (an integer
+    beyond 64 bits, NaN, a lone surrogate, a byte order mark...) is decided by the standard
+    parser, so the result, or the error, is the same."""
+    data = path.read_bytes()
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data.decode("utf-8"))

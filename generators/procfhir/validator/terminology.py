@@ -15,13 +15,13 @@ Without the content installed, both are simply absent (nothing is reported for t
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from procfhir.terminology import ucum
+from procfhir.validator.definitions import load_json_file
 
 if TYPE_CHECKING:
     from procfhir.validator.definitions import Definitions
@@ -97,7 +97,7 @@ class Terminology:
             self._tho_index = {}
             folder = fhircache.package_dir(THO.name, THO.version)
             try:
-                index = json.loads((folder / ".index.json").read_text(encoding="utf-8"))
+                index = load_json_file(folder / ".index.json")
             except (OSError, ValueError):
                 index = {}
             for e in index.get("files", []) if isinstance(index, dict) else []:
@@ -117,7 +117,7 @@ class Terminology:
             loaded = None
             if path is not None:
                 try:
-                    loaded = json.loads(path.read_text(encoding="utf-8"))
+                    loaded = load_json_file(path)
                 except (OSError, ValueError):
                     loaded = None
             self._tho_loaded[url] = loaded if isinstance(loaded, dict) else None
