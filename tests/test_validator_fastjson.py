@@ -15,7 +15,7 @@ import pytest
 
 from procfhir import fhircache
 from procfhir.validator.fastjson import UNPROVEN, loads_plain, proven
-from procfhir.validator.inputs import parse
+from procfhir.validator.inputs import parse, parse_input_owned
 
 # -------------------------------------------------------------------------- helpers
 
@@ -47,6 +47,9 @@ def _same(a: Any, b: Any, ordered: bool = True) -> bool:
 def _check(data: bytes, split_bytes: int = 1 << 20) -> str:
     """The two properties on ``data``; 'proven', 'plain' (orjson read it, not proven) or 'refused'."""
     exact, issues = parse(data, "doc.json")
+    # (the validator's own path: the surrogate escape looked for in the bytes)
+    _source, owned, owned_issues = parse_input_owned([("doc.json", data, None, False)])
+    assert _same(owned, exact) and owned_issues == issues, data
     value = loads_plain(data)
     if value is UNPROVEN:
         return "refused"

@@ -53,9 +53,8 @@ class StrictInputError(ValueError):
 
 def read_bytes(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES, what: str = "file") -> bytes:
     """The bytes of a regular file, refused (never read) when larger than ``max_bytes``."""
-    p = Path(path)
     try:
-        with open(p, "rb") as f:  # a folder: IsADirectoryError (PermissionError on Windows)
+        with open(path, "rb") as f:  # a folder: IsADirectoryError (PermissionError on Windows)
             # read(n) sets aside n bytes first: asking for the file's size (plus one, to see
             # it grow) spares a 256 MB allocation per file; the rest, if any, up to the limit
             size = os.fstat(f.fileno()).st_size
@@ -63,18 +62,18 @@ def read_bytes(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES, what: str =
             data = f.read(want)
             if len(data) == want and want <= max_bytes:
                 data += f.read(max_bytes + 1 - want)
-    except FileNotFoundError:
-        raise StrictInputError(str(p), "no such file") from None
     except IsADirectoryError:
-        raise StrictInputError(str(p), f"is a folder, not a {what}") from None
-    except PermissionError:
-        if p.is_dir():
-            raise StrictInputError(str(p), f"is a folder, not a {what}") from None
-        raise StrictInputError(str(p), f"cannot read the {what}: permission denied") from None
+        raise StrictInputError(str(Path(path)), f"is a folder, not a {what}") from None
+    except (FileNotFoundError, PermissionError) as exc:
+        if Path(path).is_dir():  # ("" is the current folder; a folder on Windows)
+            raise StrictInputError(str(Path(path)), f"is a folder, not a {what}") from None
+        if isinstance(exc, FileNotFoundError):
+            raise StrictInputError(str(Path(path)), "no such file") from None
+        raise StrictInputError(str(Path(path)), f"cannot read the {what}: permission denied") from None
     except OSError as exc:
-        raise StrictInputError(str(p), f"cannot read the {what}: {exc.strerror or exc}") from None
+        raise StrictInputError(str(Path(path)), f"cannot read the {what}: {exc.strerror or exc}") from None
     if len(data) > max_bytes:
-        raise StrictInputError(str(p), f"larger than {max_bytes:,} bytes: refused")
+        raise StrictInputError(str(Path(path)), f"larger than {max_bytes:,} bytes: refused")
     return data
 
 
