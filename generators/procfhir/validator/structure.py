@@ -30,23 +30,35 @@ def children(v: Validator, obj: dict[str, Any], parent: Node, loc: str, ctx: Ctx
     table = parent.table or v.planner.table(parent)
     groups = _group(v, obj, parent, table.keymap, loc, ctx, is_root)
     order = table.order
-    if table.absent:
-        todo = [(order[name], name) for name in groups]
-        todo.extend(a for a in table.absent if a[1] not in groups)
-    elif len(groups) == 1:
-        for name, entries in groups.items():
-            _present(v, obj, name, parent.children[name], entries, loc, ctx, parent)
-        return
-    else:
-        todo = [(order[name], name) for name in groups]
-    todo.sort()
     kids = parent.children
+    if not table.absent:  # only what is present: in the object's order when it is the definitions'
+        if len(groups) > 1 and not _in_order(groups, order):
+            for name in sorted(groups, key=order.__getitem__):
+                _present(v, obj, name, kids[name], groups[name], loc, ctx, parent)
+            return
+        for name, entries in groups.items():
+            _present(v, obj, name, kids[name], entries, loc, ctx, parent)
+        return
+    todo = [(order[name], name) for name in groups]
+    todo.extend(a for a in table.absent if a[1] not in groups)
+    todo.sort()
     for _, name in todo:
         got = groups.get(name)
         if got is None:
             _absent(v, obj, name, kids[name], loc, ctx, parent)
         else:
             _present(v, obj, name, kids[name], got, loc, ctx, parent)
+
+
+def _in_order(groups: dict[str, list[Entry]], order: dict[str, int]) -> bool:
+    """Whether the names come in the definitions' order (JSON is mostly written so)."""
+    last = -1
+    for name in groups:
+        i = order[name]
+        if i < last:
+            return False
+        last = i
+    return True
 
 
 def _group(
