@@ -28,16 +28,17 @@ def children(v: Validator, obj: dict[str, Any], parent: Node, loc: str, ctx: Ctx
     """The object's properties against ``parent``'s children, in the definitions' order: those
     present, and those absent that have a minimum cardinality or slices."""
     table = parent.table or v.planner.table(parent)
-    groups = _group(v, obj, parent, table.keymap, loc, ctx, is_root)
+    more: dict[str, list[Entry]] = {}  # a choice's further typed names (an error), rarely any
+    groups = _group(v, obj, parent, table.keymap, loc, ctx, is_root, more)
     order = table.order
     kids = parent.children
     if not table.absent:  # only what is present: in the object's order when it is the definitions'
         if len(groups) > 1 and not _in_order(groups, order):
             for name in sorted(groups, key=order.__getitem__):
-                _present(v, obj, name, kids[name], groups[name], loc, ctx, parent)
+                _present(v, obj, name, kids[name], groups[name], more, loc, ctx, parent)
             return
-        for name, entries in groups.items():
-            _present(v, obj, name, kids[name], entries, loc, ctx, parent)
+        for name, entry in groups.items():
+            _present(v, obj, name, kids[name], entry, more, loc, ctx, parent)
         return
     todo = [(order[name], name) for name in groups]
     todo.extend(a for a in table.absent if a[1] not in groups)
@@ -47,10 +48,10 @@ def children(v: Validator, obj: dict[str, Any], parent: Node, loc: str, ctx: Ctx
         if got is None:
             _absent(v, obj, name, kids[name], loc, ctx, parent)
         else:
-            _present(v, obj, name, kids[name], got, loc, ctx, parent)
+            _present(v, obj, name, kids[name], got, more, loc, ctx, parent)
 
 
-def _in_order(groups: dict[str, list[Entry]], order: dict[str, int]) -> bool:
+def _in_order(groups: dict[str, Entry], order: dict[str, int]) -> bool:
     """Whether the names come in the definitions' order (JSON is mostly written so)."""
     last = -1
     for name in groups:
@@ -69,9 +70,11 @@ def _group(
     loc: str,
     ctx: Ctx,
     is_root: bool,
-) -> dict[str, list[Entry]]:
-    """The object's properties by child name; unknown properties reported."""
-    groups: dict[str, list[Entry]] = {}
+    more: dict[str, list[Entry]],
+) -> dict[str, Entry]:
+    """The object's properties by child name, the first of each (a choice's further typed
+    names in ``more``); unknown properties reported."""
+    groups: dict[str, Entry] = {}
     for key, value in obj.items():
         if (key == "resourceType" and is_root) or key == "fhir_comments":
             continue
@@ -89,11 +92,10 @@ def _group(
             _unknown(key, parent, loc, ctx)
             continue
         name, tcode = hit
-        got = groups.get(name)
-        if got is None:
-            groups[name] = [(key, tcode, value)]
+        if name not in groups:
+            groups[name] = (key, tcode, value)
         else:
-            got.append((key, tcode, value))
+            more.setdefault(name, []).append((key, tcode, value))
     return groups
 
 
@@ -126,15 +128,17 @@ def _present(
     obj: dict[str, Any],
     name: str,
     child: Node,
-    entries: list[Entry],
+    entry: Entry,
+    more: dict[str, list[Entry]],
     loc: str,
     ctx: Ctx,
     parent: Node,
 ) -> None:
-    if child.choice and len(entries) > 1:
+    if more and name in more and child.choice:
+        entries = [entry, *more[name]]
         msg = f"only one of {name}[x] may be present ({', '.join(e[0] for e in entries)})"
         ctx.add("error", f"{loc}.{entries[1][0]}", msg, "structure", mid=M.CHOICE_MULTIPLE)
-    key, tcode, value = entries[0]
+    key, tcode, value = entry
     if not isinstance(value, list) and not child.slices and tcode and tcode not in _EXT_TYPES:
         # one value, no slicing (most properties): _items, _cardinality and the walk, inline
         if child.repeats:
