@@ -61,7 +61,9 @@ _FORMAT = b"procfhir-native-1"
 MODULES: tuple[str, ...] = (
     "procfhir.validator.definitions",
     "procfhir.validator.engine",
+    "procfhir.validator.fastjson",
     "procfhir.validator.fastpath",
+    "procfhir.validator.inputs",
     "procfhir.validator.invariants",
     "procfhir.validator.plan",
     "procfhir.validator.quantity",

@@ -239,10 +239,9 @@ def _read_xml(path: Path, named: bool) -> tuple[bytes | None, Issue | None]:
         sev = "error" if named else "warning"
         msg = f"not read as FHIR XML: {exc}"
         return None, Issue(sev, "", msg, "structure", source=str(path), message_id=M.INPUT_XML_INVALID)
-    except DefinitionsError as exc:
-        return None, Issue(
-            "fatal", "", str(exc), "processing", source=str(path), message_id=M.DEFINITIONS_UNAVAILABLE
-        )
+    except DefinitionsError as unavailable:  # not ``exc``: one name per type (procfhir.native)
+        mid = M.DEFINITIONS_UNAVAILABLE
+        return None, Issue("fatal", "", str(unavailable), "processing", source=str(path), message_id=mid)
     return json.dumps(res, ensure_ascii=False).encode("utf-8"), None
 
 
