@@ -43,7 +43,7 @@ BIG_BYTES = 4 * 1024 * 1024  # inputs validated first (see _largest_first)
 # generation after generation: about a tenth of a run on the R4 examples. JSON makes no cycles;
 # a parsed input is freed by reference counting as soon as it is done, before the next collection.
 # What survives a collection is frozen (run's gc.unfreeze hands it back at the end).
-COLLECT_EVERY = 1000
+COLLECT_EVERY = 200
 _URL = re.compile(rb'"url"\s*:\s*"([^"\\]*)"')
 
 
