@@ -185,3 +185,23 @@ def test_large_inputs_first_same_issues(tmp_path: Path, monkeypatch: pytest.Monk
     assert normal.resources == first.resources == 3
     assert sorted(normal.issues) == sorted(first.issues) and normal.issues
     assert sorted(i.source for i in normal.issues) == sorted(i.source for i in first.issues)
+
+
+def test_patterns_checked_by_forbidden_characters_are_the_regexes() -> None:
+    """rules._FORBIDDEN_ONLY: for R4's string/markdown and uri patterns, a non-empty value fully
+    matches (re.ASCII, as the validator compiles them) exactly when it holds none of the listed
+    characters; checked on every short string over a telling alphabet and on random longer ones."""
+    import itertools
+    import re
+
+    from procfhir.validator.rules import _FORBIDDEN_ONLY
+
+    alphabet = " \t\n\r\x0b\x0c\x1c\x85\xa0\u2028\u3000aZ0-é"
+    rng = random.Random(7)
+    samples = ["".join(p) for n in (1, 2, 3) for p in itertools.product(alphabet, repeat=n)]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(5000)]
+    assert len(_FORBIDDEN_ONLY) == 2
+    for pattern, forbidden in _FORBIDDEN_ONLY.items():
+        rx = re.compile(pattern, re.ASCII)
+        for s in samples:
+            assert (rx.fullmatch(s) is not None) == (not any(c in s for c in forbidden)), (pattern, s)

@@ -72,6 +72,12 @@ _SEVERITY_BY_STRENGTH = {"required": "error", "extensible": "warning", "preferre
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*:")  # an absolute URL's scheme
 _LAST_INDEX = re.compile(r"\[\d+\]$")
 _CHOICE_HEAD = re.compile(r"^([a-z][A-Za-z0-9]*?)[A-Z]")  # value in valueQuantity
+# patterns (compiled with re.ASCII: \s is [ \t\n\r\f\v]) that a non-empty value fully matches
+# exactly when it holds none of these characters (tests/test_validator_robust.py checks it)
+_FORBIDDEN_ONLY = {
+    "[ \\r\\n\\t\\S]+": "\x0b\x0c",  # string, markdown: form feed and vertical tab
+    "\\S*": " \t\n\r\x0b\x0c",  # uri, url, canonical: any whitespace
+}
 _JAVA_WS = "".join(chr(c) for c in range(0x21))  # Java's trim(): a non-breaking space is no whitespace
 
 
@@ -172,6 +178,9 @@ def primitive_rule(v: Validator, tcode: str) -> Rule:
     if tcode == "xhtml" or not (tcode in _STRING_JSON or tcode not in v.defs.core_types):
         return primitive_value
     rx = _regex_for(v, tcode)
+    # R4's string, markdown and uri patterns forbid a few characters and nothing else: ``in``
+    # tests instead of a scan of the whole value by the regex engine (descriptions are long)
+    forbidden = _FORBIDDEN_ONLY.get(rx.pattern) if rx is not None else None
     keeps_space = tcode in ("string", "markdown")
     may_blank = tcode == "string"
     dated = tcode in ("date", "dateTime", "instant")
@@ -188,6 +197,9 @@ def primitive_rule(v: Validator, tcode: str) -> Rule:
         elif value != stripped and not keeps_space:
             msg = f"{tcode} {value!r} has leading or trailing whitespace"
             ctx.add("error", loc, msg, "value", mid=M.DT_WHITESPACE)
+        elif forbidden is not None:  # (string, markdown, uri...: no date check follows)
+            if any(c in value for c in forbidden):
+                ctx.add("error", loc, f"{value!r} is not a valid {tcode}", "value", mid=M.DT_REGEX)
         elif rx is not None and not rx.fullmatch(value):
             ctx.add("error", loc, f"{value!r} is not a valid {tcode}", "value", mid=M.DT_REGEX)
         elif dated and len(value) >= 10:
