@@ -20,8 +20,10 @@ EXAMPLES = Path(os.path.expanduser("~/.fhir/packages/hl7.fhir.r4.examples#4.0.1/
 
 
 def _compiler() -> str | None:
+    """The C compiler a build would use, when there is one and Python's headers are installed."""
     cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
-    return shutil.which(cc)
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    return shutil.which(cc) if headers.is_file() else None
 
 
 def _procfhir(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -36,7 +38,7 @@ def _active(env: dict[str, str]) -> bool:
     return out.stdout.strip() == "True"
 
 
-@pytest.mark.skipif(_compiler() is None, reason="no C compiler")
+@pytest.mark.skipif(_compiler() is None, reason="no C compiler or no Python headers")
 def test_native_build_is_used_and_gives_identical_outcomes(tmp_path: Path) -> None:
     env = {**os.environ, "PROCFHIR_CACHE": str(tmp_path / "cache")}
     env.pop(native.ENV_SWITCH, None)
@@ -91,7 +93,7 @@ def test_a_build_is_used_only_for_the_source_it_was_made_from(
     assert not native.status().built
 
 
-@pytest.mark.skipif(_compiler() is None, reason="no C compiler")
+@pytest.mark.skipif(_compiler() is None, reason="no C compiler or no Python headers")
 def test_a_failed_build_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
     env = {**os.environ, "PROCFHIR_CACHE": str(tmp_path / "cache"), "CC": str(tmp_path / "no-such-cc")}
     run = _procfhir(["native", "build"], env)
