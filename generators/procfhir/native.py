@@ -227,6 +227,8 @@ def build(force: bool = False, verbose: bool = False) -> Path:
             files[name] = rel.as_posix()
         manifest = {"stamp": folder.name, "modules": list(MODULES), "files": files}
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+        if _manifest(folder) is not None and not force:
+            return folder  # another process finished the same build meanwhile: its files stay
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staged, folder)  # complete or absent, never half-made
