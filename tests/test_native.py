@@ -57,13 +57,14 @@ def test_native_build_is_used_and_gives_identical_outcomes(tmp_path: Path) -> No
     files = sorted(p for p in EXAMPLES.glob("*.json") if p.name != "package.json")[::9]
     inputs = [*map(str, files), str(ROOT / "fhir")]
     outcomes = []
-    for switch in ("0", "1"):
-        out = tmp_path / f"oo-{switch}.json"
-        args = ["validate", "-q", *inputs, "--outcome", str(out)]
+    # Python, compiled, and compiled in two workers (whose issues cross processes by pickle)
+    for n, (switch, workers) in enumerate((("0", "1"), ("1", "1"), ("1", "2"))):
+        out = tmp_path / f"oo-{n}.json"
+        args = ["validate", "-q", *inputs, "--outcome", str(out), "--workers", workers]
         run = _procfhir(args, {**env, native.ENV_SWITCH: switch})
         assert run.returncode == 1, run.stderr  # the examples have errors
         outcomes.append(out.read_bytes())
-    assert outcomes[0] == outcomes[1]
+    assert outcomes[0] == outcomes[1] == outcomes[2]
     issues = json.loads(outcomes[0])["issue"]
     assert len(issues) > 1000
     assert not [i for i in issues if i["code"] == "exception"]  # no rule crashed in either
@@ -120,7 +121,3 @@ def test_compiled_modules_use_one_name_per_except_type() -> None:
                     types.setdefault(node.name, set()).add(ast.unparse(node.type) if node.type else "")
             clashes += [f"{path.name}:{fn.lineno} {fn.name}: {n} {t}" for n, t in types.items() if len(t) > 1]
     assert not clashes
-
-
-def test_issues_cross_processes_so_they_stay_python() -> None:
-    assert "procfhir.validator.issues" not in native.MODULES
