@@ -205,3 +205,65 @@ def test_patterns_checked_by_forbidden_characters_are_the_regexes() -> None:
         rx = re.compile(pattern, re.ASCII)
         for s in samples:
             assert (rx.fullmatch(s) is not None) == (not any(c in s for c in forbidden)), (pattern, s)
+
+
+def test_validation_makes_no_reference_cycles() -> None:
+    """The walk leaves no cyclic garbage (run calls the cycle collector only once a million
+    containers were kept: see procfhir.validator.run.COLLECT_GROWTH): validating resources that
+    make a profile's snapshot and read a CodeSystem's nested concepts, then collecting, finds
+    nothing unreachable while the validator (and its caches) lives."""
+    if not fhircache.is_filled():
+        pytest.skip("FHIR package cache not filled")
+    import gc
+
+    from procfhir.validator.engine import Validator
+
+    base = "http://example.org/fhir"
+    profile = {
+        "resourceType": "StructureDefinition",
+        "url": f"{base}/StructureDefinition/p",
+        "name": "P",
+        "status": "draft",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Patient",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+        "derivation": "constraint",
+        "differential": {
+            "element": [
+                {"id": "Patient.gender", "path": "Patient.gender", "min": 1},
+                {"id": "Patient.contact.name", "path": "Patient.contact.name", "min": 1},
+            ]
+        },
+    }
+    codes = {
+        "resourceType": "CodeSystem",
+        "url": f"{base}/CodeSystem/c",
+        "status": "draft",
+        "content": "complete",
+        "concept": [{"code": "a", "concept": [{"code": "b", "concept": [{"code": "c"}]}]}],
+    }
+    patient = {"resourceType": "Patient", "meta": {"profile": [profile["url"]]}, "contact": [{"gender": "x"}]}
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": codes["url"], "code": "c"}, {"system": codes["url"], "code": "z"}]},
+    }
+    validator = Validator(extra_definitions=[profile, codes])
+    validator.validate({"resourceType": "Basic", "code": {"text": "x"}})  # core loaded
+    collecting = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        issues = validator.validate(patient) + validator.validate(observation)
+        assert validator.defs.sd(profile["url"]) is not None  # its snapshot was made
+        assert validator.terminology.code_system(codes["url"]) is not None
+        unreachable = gc.collect()
+    finally:
+        if collecting:
+            gc.enable()
+    found = {(i.location, i.message_id) for i in issues if i.severity == "error"}
+    assert ("Patient.contact[0].name", "CARD_MIN") in found  # from the snapshot (expanded)
+    assert ("Observation.code.coding[1].code", "TX_UNKNOWN_CODE") in found  # "c", nested, is known
+    assert not any(loc.startswith("Observation.code.coding[0]") for loc, _ in found), found
+    assert unreachable == 0

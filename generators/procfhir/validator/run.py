@@ -37,13 +37,17 @@ from procfhir.validator.issues import Issue
 
 KEEP_BYTES = 16 * 1024 * 1024  # inputs kept parsed between the passes, at most (their JSON size)
 BIG_BYTES = 4 * 1024 * 1024  # inputs validated first (see _largest_first)
-# The cycle collector is off during a run and collects every COLLECT_EVERY inputs instead. Left
-# on, each parsed input (a large Bundle: millions of dicts and lists, made while it is off in
-# inputs.parse_text) would sit in the young generation and be walked by the next collections,
-# generation after generation: about a tenth of a run on the R4 examples. JSON makes no cycles;
-# a parsed input is freed by reference counting as soon as it is done, before the next collection.
-# What survives a collection is frozen (run's gc.unfreeze hands it back at the end).
-COLLECT_EVERY = 200
+# The cycle collector is off during a run. Left on, each parsed input (a large Bundle: millions of
+# dicts and lists, made while it is off in inputs.parse_text) would sit in the young generation
+# and be walked by the next collections, generation after generation: about a tenth of a run on
+# the R4 examples. JSON makes no cycles, and neither does the walk: a parsed input is freed by
+# reference counting as soon as it is done. A collection is made only once the containers kept
+# since the last one (gc.get_count()[0]: made less freed) exceed COLLECT_GROWTH: what a run keeps
+# is mostly the definitions it loads and the issues, which a collection would only walk (on the
+# R4 examples, some 300,000 of them: 0.15 s for nothing); cycles an input would make (none
+# known) are still reclaimed, at most that many containers late. What survives a collection is
+# frozen (run's gc.unfreeze hands it back at the end).
+COLLECT_GROWTH = 1_000_000
 _URL = re.compile(rb'"url"\s*:\s*"([^"\\]*)"')
 
 
@@ -118,7 +122,7 @@ def run(
     """Validate every resource of ``paths``. Resources with a url among the inputs (and in
     ``definitions`` paths) resolve canonicals and profiles (core's own are not replaced)."""
     collecting = gc.isenabled()
-    gc.disable()  # see COLLECT_EVERY
+    gc.disable()  # see COLLECT_GROWTH
     try:
         return _run(paths, profile, definitions, core_dir, workers, strict)
     finally:
@@ -146,7 +150,7 @@ def _run(
         out.issues.append(Issue("fatal", "", str(exc), "processing", message_id=M.DEFINITIONS_UNAVAILABLE))
         out.could_not_run = True
         return out
-    # (the cycle collector is off: see run and COLLECT_EVERY)
+    # (the cycle collector is off: see run and COLLECT_GROWTH)
     try:
         listings: dict[str, list[Path]] = {}  # each folder walked once
         known: dict[str, int] = {}  # inputs whose orjson reading is proven (see _define_only)
@@ -160,16 +164,13 @@ def _run(
             items = kept if kept is not None else _largest_first(paths, big, listings, known)
             # (not enumerate(items) nor zip: their reused result tuple would hold the last
             # input's JSON while the next one is read and parsed: ~30 MiB more at the peak)
-            done = 0
             for source, res, issues in items:
                 out.issues.extend(issues)
                 if res is not None:
                     out.resources += 1
                     out.issues.extend(_validate(validator, res, profile, source))
                 del res  # not held while the next input is read and parsed
-                done += 1  # noqa: SIM113 (see above)
-                if done % COLLECT_EVERY == 0:
-                    _collect()
+                _collect_if_grown()
     finally:
         gc.unfreeze()
     # an input read in the second pass was readable (the first pass counts only some of them)
@@ -295,26 +296,24 @@ def _validate(validator: Validator, res: Any, profile: str | None, source: str) 
             gc.enable()
 
 
-def _collect() -> None:
-    """Collect the cycles made since the last time, then freeze what survives (the validator's
-    caches, the issues): the next collection walks only what is newer (constant time)."""
+def _collect_if_grown(growth: int = COLLECT_GROWTH) -> bool:
+    """Collect the cycles made since the last collection and freeze what survives, when the
+    containers kept since then exceed ``growth`` (see COLLECT_GROWTH); whether it collected."""
+    if gc.get_count()[0] <= growth:
+        return False
     gc.collect()
-    gc.freeze()
+    gc.freeze()  # the next collection walks only what is newer
+    return True
 
 
 # ---------------------------------------------------------------- workers
 _WORKER: tuple[Validator, str | None] | None = None
 
 
-_DONE = [0]  # inputs a worker has done (COLLECT_EVERY)
-
-
 def _work(item: RawInput) -> tuple[int, list[Issue]]:
     assert _WORKER is not None
     validator, profile = _WORKER
-    _DONE[0] += 1
-    if _DONE[0] % COLLECT_EVERY == 0:
-        _collect()
+    _collect_if_grown()
     source, res, issues = parse_input_owned([item])
     if res is None:
         return 0, issues

@@ -130,6 +130,91 @@ _COMPLEX_HINT = {
 }
 
 
+class _Work:
+    """A snapshot being made: its elements (the base's, copied) and their index by id. Methods,
+    not closures in :func:`generate_snapshot`: recursive closures are reference cycles, left to
+    the cycle collector, which a run calls rarely (see :data:`procfhir.validator.run.COLLECT_GROWTH`)."""
+
+    def __init__(self, url: str, base_url: str, defs: Definitions, elements: list[dict[str, Any]]) -> None:
+        self.url = url
+        self.base_url = base_url
+        self.defs = defs
+        self.elements = elements
+        self.index: dict[str, int] = {}
+        self.reindex()
+
+    def reindex(self) -> None:
+        self.index.clear()
+        self.index.update({(e.get("id") or e["path"]): i for i, e in enumerate(self.elements)})
+
+    def end_of(self, eid: str, with_slices: bool) -> int:
+        """Index after the element eid, its descendants (and its slices when asked)."""
+        elements = self.elements
+        i = self.index[eid] + 1
+        while i < len(elements):
+            other = elements[i].get("id") or elements[i]["path"]
+            if other.startswith(eid + ".") or (with_slices and other.startswith(eid + ":")):
+                i += 1
+            else:
+                break
+        return i
+
+    def expand(self, eid: str) -> None:
+        """Bring the children of element eid's (single) type into the snapshot."""
+        url, defs = self.url, self.defs
+        ed = self.elements[self.index[eid]]
+        types = ed.get("type") or []
+        if len(types) != 1:
+            raise SnapshotError(f"{url}: cannot constrain children of {eid}: it has {len(types)} types")
+        t = types[0]
+        tsd = None
+        for prof in t.get("profile") or []:
+            tsd = defs.sd(prof)
+        if tsd is None:
+            tsd = defs.type_sd(t["code"])
+        if tsd is None:
+            raise SnapshotError(f"{url}: type {t['code']} of {eid} not found")
+        telems = tsd.resource["snapshot"]["element"]
+        root_id = telems[0].get("id") or telems[0]["path"]
+        new = _retarget(telems, root_id, eid, ed["path"])
+        pos = self.end_of(eid, with_slices=False)
+        self.elements[pos:pos] = new
+        self.reindex()
+
+    def ensure(self, eid: str) -> None:
+        elements, index = self.elements, self.index
+        if eid in index:
+            return
+        parent_id, _, last = eid.rpartition(".")
+        name, _, slice_name = last.partition(":")
+        if slice_name and "." not in slice_name:
+            base_id = f"{parent_id}.{name}" if parent_id else name
+            if "/" in slice_name:  # re-slicing: based on the slice being re-sliced
+                base_id = f"{base_id}:{slice_name.rsplit('/', 1)[0]}"
+            self.ensure(base_id)
+            new = _copy(elements[index[base_id]])
+            new.pop("slicing", None)
+            new["id"] = eid
+            new["sliceName"] = slice_name
+            # the slice's children: those of the sliced element (Bundle.entry:x.resource)
+            kids = []
+            for e in elements[index[base_id] + 1 : self.end_of(base_id, with_slices=False)]:
+                kid = _copy(e)
+                kid["id"] = eid + (e.get("id") or e["path"])[len(base_id) :]
+                kids.append(kid)
+            pos = self.end_of(base_id, with_slices=True)
+            elements[pos:pos] = [new, *kids]
+            self.reindex()
+            return
+        if not parent_id:
+            raise SnapshotError(f"{self.url}: element {eid} is not in the base")
+        self.ensure(parent_id)
+        if not any((e.get("id") or "").startswith(parent_id + ".") for e in elements):
+            self.expand(parent_id)
+        if eid not in index:
+            raise SnapshotError(f"{self.url}: element {eid} does not exist in {self.base_url}")
+
+
 SNAPSHOT_INPUTS = ("url", "baseDefinition", "type", "differential")  # all generate_snapshot reads
 
 
@@ -159,75 +244,8 @@ def generate_snapshot(
             ed["extension"] = [e for e in ed["extension"] if e.get("url") not in _BASE_ONLY_EXTENSIONS]
             if not ed["extension"]:
                 del ed["extension"]
-    index = {(e.get("id") or e["path"]): i for i, e in enumerate(elements)}
-
-    def reindex() -> None:
-        index.clear()
-        index.update({(e.get("id") or e["path"]): i for i, e in enumerate(elements)})
-
-    def end_of(eid: str, with_slices: bool) -> int:
-        """Index after the element eid, its descendants (and its slices when asked)."""
-        i = index[eid] + 1
-        while i < len(elements):
-            other = elements[i].get("id") or elements[i]["path"]
-            if other.startswith(eid + ".") or (with_slices and other.startswith(eid + ":")):
-                i += 1
-            else:
-                break
-        return i
-
-    def expand(eid: str) -> None:
-        """Bring the children of element eid's (single) type into the snapshot."""
-        ed = elements[index[eid]]
-        types = ed.get("type") or []
-        if len(types) != 1:
-            raise SnapshotError(f"{url}: cannot constrain children of {eid}: it has {len(types)} types")
-        t = types[0]
-        tsd = None
-        for prof in t.get("profile") or []:
-            tsd = defs.sd(prof)
-        if tsd is None:
-            tsd = defs.type_sd(t["code"])
-        if tsd is None:
-            raise SnapshotError(f"{url}: type {t['code']} of {eid} not found")
-        telems = tsd.resource["snapshot"]["element"]
-        root_id = telems[0].get("id") or telems[0]["path"]
-        new = _retarget(telems, root_id, eid, ed["path"])
-        pos = end_of(eid, with_slices=False)
-        elements[pos:pos] = new
-        reindex()
-
-    def ensure(eid: str) -> None:
-        if eid in index:
-            return
-        parent_id, _, last = eid.rpartition(".")
-        name, _, slice_name = last.partition(":")
-        if slice_name and "." not in slice_name:
-            base_id = f"{parent_id}.{name}" if parent_id else name
-            if "/" in slice_name:  # re-slicing: based on the slice being re-sliced
-                base_id = f"{base_id}:{slice_name.rsplit('/', 1)[0]}"
-            ensure(base_id)
-            new = _copy(elements[index[base_id]])
-            new.pop("slicing", None)
-            new["id"] = eid
-            new["sliceName"] = slice_name
-            # the slice's children: those of the sliced element (Bundle.entry:x.resource)
-            kids = []
-            for e in elements[index[base_id] + 1 : end_of(base_id, with_slices=False)]:
-                kid = _copy(e)
-                kid["id"] = eid + (e.get("id") or e["path"])[len(base_id) :]
-                kids.append(kid)
-            pos = end_of(base_id, with_slices=True)
-            elements[pos:pos] = [new, *kids]
-            reindex()
-            return
-        if not parent_id:
-            raise SnapshotError(f"{url}: element {eid} is not in the base")
-        ensure(parent_id)
-        if not any((e.get("id") or "").startswith(parent_id + ".") for e in elements):
-            expand(parent_id)
-        if eid not in index:
-            raise SnapshotError(f"{url}: element {eid} does not exist in {base_url}")
+    work = _Work(str(url), str(base_url), defs, elements)
+    index = work.index
 
     previous: str | None = None
     for diff in (sd.get("differential") or {}).get("element") or []:
@@ -237,7 +255,7 @@ def generate_snapshot(
         if "sliceName" in diff and ":" not in eid.rsplit(".", 1)[-1]:
             eid = f"{eid}:{diff['sliceName']}"
         eid, diff = _choice_renamed(eid, diff, index)
-        ensure(eid)
+        work.ensure(eid)
         if previous is not None and index[eid] < index[previous] and order_problems is not None:
             order_problems.append(
                 f"differential element {eid} comes before {previous} in the base (applied by id all the same)"

@@ -46,6 +46,23 @@ class CodeSystemInfo:
         return out
 
 
+def _add_concepts(info: CodeSystemInfo, concepts: list[dict[str, Any]], parent: str | None) -> None:
+    """A CodeSystem's concepts (and those nested in them) into ``info``: codes, displays, the
+    hierarchy (nesting, ``parent`` and ``subsumedBy`` properties). A function of the module, not
+    a closure: a recursive closure is a reference cycle, left to the cycle collector."""
+    for c in concepts:
+        code = c.get("code")
+        if not isinstance(code, str):
+            continue
+        info.codes[code] = c.get("display")
+        if parent is not None:
+            info.children.setdefault(parent, []).append(code)
+        for prop in c.get("property", []):
+            if prop.get("code") in ("parent", "subsumedBy") and "valueCode" in prop:
+                info.children.setdefault(prop["valueCode"], []).append(code)
+        _add_concepts(info, c.get("concept", []), code)
+
+
 class Matcher(Protocol):
     """A grammar: a compiled pattern, or the UCUM tables (:mod:`procfhir.terminology.ucum`)."""
 
@@ -168,20 +185,7 @@ class Terminology:
                 case_sensitive=res.get("caseSensitive", True) is not False,
             )
 
-            def walk(concepts: list[dict[str, Any]], parent: str | None) -> None:
-                for c in concepts:
-                    code = c.get("code")
-                    if not isinstance(code, str):
-                        continue
-                    info.codes[code] = c.get("display")
-                    if parent is not None:
-                        info.children.setdefault(parent, []).append(code)
-                    for prop in c.get("property", []):
-                        if prop.get("code") in ("parent", "subsumedBy") and "valueCode" in prop:
-                            info.children.setdefault(prop["valueCode"], []).append(code)
-                    walk(c.get("concept", []), code)
-
-            walk(res.get("concept", []), None)
+            _add_concepts(info, res.get("concept", []), None)
         self._cs[system] = info
         return info
 
