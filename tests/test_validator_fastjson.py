@@ -1,8 +1,10 @@
 """orjson beside the validator's exact JSON reader (procfhir.validator.fastjson): whatever
 ``proven`` accepts, the exact reader reads the same, with no issue; what ``loads_plain`` reads,
-the exact reader reads with the same values or refuses. Adversarial documents, then random
-ones (seeded) built to have duplicate keys, escapes and edge numbers, and their mutations; then
-the validator's two-pass run with and without the shortcut gives the same outcome."""
+the exact reader reads with the same values or refuses; ``parse_input_owned`` (orjson first,
+the exact reader where not proven) gives what the exact reader alone gives, issues included.
+Adversarial documents, then random ones (seeded) built to have duplicate keys, escapes and edge
+numbers, and their mutations; then the validator's run with and without the shortcut gives the
+same outcome."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 
 from procfhir import fhircache
-from procfhir.validator.fastjson import UNPROVEN, loads_plain, proven
+from procfhir.validator.fastjson import UNPROVEN, loads_plain, loads_proven, proven
 from procfhir.validator.inputs import parse, parse_input_owned
 
 # -------------------------------------------------------------------------- helpers
@@ -44,21 +46,24 @@ def _same(a: Any, b: Any, ordered: bool = True) -> bool:
     return True
 
 
-def _check(data: bytes, split_bytes: int = 1 << 20) -> str:
-    """The two properties on ``data``; 'proven', 'plain' (orjson read it, not proven) or 'refused'."""
+def _check(data: bytes) -> str:
+    """The properties on ``data``; 'proven', 'plain' (orjson read it, not proven) or 'refused'."""
     exact, issues = parse(data, "doc.json")
-    # (the validator's own path: the surrogate escape looked for in the bytes)
+    # (the validator's own path: orjson when proven, else the exact reader, which looks for the
+    # surrogate escape in the bytes)
     _source, owned, owned_issues = parse_input_owned([("doc.json", data, None, False)])
     assert _same(owned, exact) and owned_issues == issues, data
     value = loads_plain(data)
     if value is UNPROVEN:
+        assert loads_proven(data) is UNPROVEN
         return "refused"
     if exact is not None:  # the values agree where the exact reader reads the document
         assert _same(value, exact, ordered=False), data
-    if proven(value, data, split_bytes=split_bytes):
+    if proven(value, data):
         assert exact is not None and issues == [], (data, issues)
-        assert _same(value, exact), data
+        assert _same(value, exact) and _same(loads_proven(data), exact), data
         return "proven"
+    assert loads_proven(data) is UNPROVEN
     return "plain"
 
 
@@ -193,20 +198,17 @@ def _deep(n: int) -> bytes:
     + _SHAPES
     + [_deep(n) for n in (150, 199, 200, 201, 900, 1100)],
 )
-@pytest.mark.parametrize("split_bytes", [1 << 20, 0])
-def test_adversarial_documents(data: bytes, split_bytes: int) -> None:
-    """``split_bytes`` 0: every document dumped in pieces, as a large one is."""
-    _check(data, split_bytes)
+def test_adversarial_documents(data: bytes) -> None:
+    _check(data)
 
 
-@pytest.mark.parametrize("split_bytes", [1 << 20, 0])
-def test_problems_are_never_proven(split_bytes: int) -> None:
+def test_problems_are_never_proven() -> None:
     for data in _DUPLICATES + _ESCAPED_COLONS + [_deep(201), _deep(1000)]:
         value = loads_plain(data)
-        assert value is UNPROVEN or not proven(value, data, split_bytes=split_bytes), data
+        assert value is UNPROVEN or not proven(value, data), data
     for data in _NUMBERS + _TEXT + _SHAPES:
         value = loads_plain(data)
-        if value is not UNPROVEN and proven(value, data, split_bytes=split_bytes):
+        if value is not UNPROVEN and proven(value, data):
             assert parse(data, "doc.json")[1] == [], data
 
 
@@ -223,8 +225,7 @@ def test_ordinary_documents_are_proven() -> None:
         json.dumps({"entry": [{"resource": {"k": i, "t": "a:b"}} for i in range(50)]}).encode(),
     ]
     for data in docs:
-        for split in (1 << 20, 0):
-            assert _check(data, split) == "proven", data
+        assert _check(data) == "proven", data
 
 
 # -------------------------------------------------------------------------- random
@@ -297,7 +298,7 @@ def test_random_documents_against_the_exact_reader(seed: int) -> None:
     seen = {"proven": 0, "plain": 0, "refused": 0}
     for _ in range(2500):
         data = _random_document(rng)
-        seen[_check(data, rng.choice([1 << 20, 0]))] += 1
+        seen[_check(data)] += 1
     assert all(seen.values()), seen  # every outcome met: the documents are varied enough
 
 
@@ -323,13 +324,15 @@ def test_orjson_reads_decimals_as_python_does() -> None:
 def test_two_pass_run_same_outcome_as_exact_reading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ran_with_python_modules: bool
 ) -> None:
-    """A folder read in one pass (every file by the exact reader, kept) and in two (the first
-    pass with orjson and the proof): the same issues, resources and verdict; profiles
-    defined in files with a duplicate key or an out-of-range number are used (or not) alike."""
+    """A folder read by the exact reader alone (one pass, every file kept), and with orjson and
+    the proof: in one pass, in two (the first pass with orjson and the proof), and with the
+    first files waiting: the same issues, resources and verdict; profiles defined in files with
+    a duplicate key or an out-of-range number are used (or not) alike."""
     if ran_with_python_modules:
-        return  # it patches inputs.loads_plain: run with the Python modules (conftest)
+        return  # it patches run's and inputs' functions: run with the Python modules (conftest)
     if not fhircache.is_filled():
         pytest.skip("FHIR package cache not filled")
+    from procfhir.validator import inputs as inputs_mod
     from procfhir.validator import run as run_mod
 
     fixtures = Path(__file__).parent / "fixtures"
@@ -368,34 +371,34 @@ def test_two_pass_run_same_outcome_as_exact_reading(
     for name, body in files.items():
         (tmp_path / name).write_text(body)
 
-    one = run_mod.run([str(tmp_path)])
+    monkeypatch.setattr(inputs_mod, "loads_proven", lambda data: UNPROVEN)
+    one = run_mod.run([str(tmp_path)])  # the exact reader alone
+    monkeypatch.undo()
     total = sum(len(body.encode()) for body in files.values())
-    monkeypatch.setattr(run_mod, "KEEP_BYTES", total // 2)  # the first files wait, then not kept
-    half = run_mod.run([str(tmp_path)])
-    assert sorted(one.issues) == sorted(half.issues) and one.resources == half.resources
-    monkeypatch.setattr(run_mod, "KEEP_BYTES", 0)  # two passes, the first with the shortcut
-    calls: list[bool] = []
+    for keep in (run_mod.KEEP_BYTES, total // 2, 0):  # all kept; the first files wait; two passes
+        monkeypatch.setattr(run_mod, "KEEP_BYTES", keep)
+        calls: list[bool] = []  # the first pass's proofs
+        taken: list[bool] = []  # orjson's value taken when parsing
 
-    def proven_seen(value: Any, data: bytes) -> bool:
-        calls.append(proven(value, data))
-        return calls[-1]
+        def proven_seen(value: Any, data: bytes, calls: list[bool] = calls) -> bool:
+            calls.append(proven(value, data))
+            return calls[-1]
 
-    monkeypatch.setattr(run_mod, "proven", proven_seen)
-    from procfhir.validator import inputs as inputs_mod
+        def loads_seen(data: bytes, taken: list[bool] = taken) -> Any:
+            value = loads_proven(data)
+            taken.append(value is not UNPROVEN)
+            return value
 
-    read_again: list[bytes] = []  # second pass: proven inputs read by orjson
-    real_plain = inputs_mod.loads_plain
-
-    def plain_seen(data: bytes) -> Any:
-        read_again.append(data)
-        return real_plain(data)
-
-    monkeypatch.setattr(inputs_mod, "loads_plain", plain_seen)
-    two = run_mod.run([str(tmp_path)])
-    assert len(read_again) == sum(calls)
-    assert sorted(one.issues) == sorted(two.issues) and one.resources == two.resources
-    assert one.could_not_run is two.could_not_run is False
-    assert calls and any(calls) and not all(calls)  # the shortcut was taken, and refused
+        monkeypatch.setattr(run_mod, "proven", proven_seen)
+        monkeypatch.setattr(inputs_mod, "loads_proven", loads_seen)
+        two = run_mod.run([str(tmp_path)])
+        monkeypatch.undo()
+        assert sorted(one.issues) == sorted(two.issues) and one.resources == two.resources, keep
+        assert one.could_not_run is two.could_not_run is False
+        # (every file parsed; in two passes, a definition not proven in the first is parsed in both)
+        assert len(taken) >= len(files) and any(taken) and not all(taken), taken
+        if keep == 0:
+            assert calls and any(calls) and not all(calls)  # the first pass's shortcut: taken, refused
     by_file = {Path(i.source).name for i in one.issues if i.message_id in ("DT_MAX_LENGTH", "DT_MAX_VALUE")}
     assert by_file == {"z-patient-plain.json", "z-patient-dup.json", "z-patient-esc.json"}
 
@@ -472,9 +475,9 @@ def test_second_pass_holds_one_input_at_a_time(tmp_path: Path, monkeypatch: pyte
     seen: list[bool] = []
     real = run_mod.parse_input_owned
 
-    def parse_tracked(box: list[Any], known: Any = None) -> tuple[str, Any, list[Any]]:
+    def parse_tracked(box: list[Any]) -> tuple[str, Any, list[Any]]:
         seen.append(any(ref() is not None for ref in alive))
-        source, res, issues = real(box, known)
+        source, res, issues = real(box)
         res = Tracked(res)
         alive.append(weakref.ref(res))
         return source, res, issues
@@ -483,21 +486,3 @@ def test_second_pass_holds_one_input_at_a_time(tmp_path: Path, monkeypatch: pyte
     result = run_mod.run([str(tmp_path)])
     assert result.resources == 6 and len(seen) == 6
     assert not any(seen), seen
-
-
-def test_second_pass_reads_by_orjson_only_the_same_proven_bytes() -> None:
-    """parse_input_owned takes orjson's reading only for bytes whose hash was recorded when the
-    first pass proved them (a changed file is read by the exact reader, its problems found)."""
-    from procfhir.validator.inputs import parse_input_owned
-
-    data = b'{"resourceType": "Basic", "id": "a", "id": "b"}'  # a duplicate key
-    before = b'{"resourceType": "Basic", "id": "b"}'
-    source, res, issues = parse_input_owned([("f.json", data, None, True)], {"f.json": hash(before)})
-    assert res == {"resourceType": "Basic", "id": "b"} and [i.message_id for i in issues] == [
-        "JSON_DUPLICATE_KEY"
-    ]
-    # (recorded for these very bytes, orjson's reading is taken: here unsoundly, to see the switch)
-    source, res, issues = parse_input_owned([("f.json", data, None, True)], {"f.json": hash(data)})
-    assert res == {"resourceType": "Basic", "id": "b"} and issues == []
-    source, res, issues = parse_input_owned([("g.json", data, None, True)], {"f.json": hash(data)})
-    assert [i.message_id for i in issues] == ["JSON_DUPLICATE_KEY"]

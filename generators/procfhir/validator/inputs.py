@@ -17,7 +17,7 @@ from typing import Any
 
 from procfhir.strictio import StrictInputError, check_value, read_bytes, strict_float, strict_int
 from procfhir.validator import messages as M
-from procfhir.validator.fastjson import UNPROVEN, loads_plain
+from procfhir.validator.fastjson import UNPROVEN, loads_proven
 from procfhir.validator.issues import Issue
 
 MAX_FILE_BYTES = 256 * 1024 * 1024  # one resource file or package member
@@ -261,23 +261,18 @@ def parse_input(item: RawInput) -> tuple[str, Any, list[Issue]]:
     return parse_input_owned([item])
 
 
-def parse_input_owned(
-    box: list[RawInput], proven: dict[str, int] | None = None
-) -> tuple[str, Any, list[Issue]]:
+def parse_input_owned(box: list[RawInput]) -> tuple[str, Any, list[Issue]]:
     """:func:`parse_input` of the one raw input in ``box``, taken out of it: when nothing else
-    holds the input, its bytes are freed once decoded, before the JSON is parsed (a large file's
-    bytes, text and parsed form are not all held at once).
+    holds the input, its bytes are freed once read (a large file's bytes, text and parsed form
+    are not all held at once).
 
-    ``proven``: the ``hash()`` of inputs (by source) whose orjson reading was proven to be the
-    exact reader's, without issue (:func:`procfhir.validator.fastjson.proven`); the same bytes
-    again are read by orjson."""
+    orjson reads it first; its value is taken when it is proven to be the exact reader's,
+    without issue (:func:`procfhir.validator.fastjson.loads_proven`); else the exact reader
+    reads it, and words its problems."""
     source, data, issue, in_folder = box.pop()
     if data is None:
         return source, None, [issue] if issue else []
-    res: Any = UNPROVEN
-    fingerprint = proven.get(source) if proven else None
-    if fingerprint is not None and fingerprint == hash(data):
-        res = loads_plain(data)
+    res = loads_proven(data)
     if res is not UNPROVEN:
         issues: list[Issue] = []
         del data

@@ -6,8 +6,8 @@ definitions (resources with a canonical url: profiles, extensions, value sets...
 validates one input at a time (kept from the first pass while they fit in a small budget,
 read again otherwise). An input read again only needs its definitions from the first pass:
 orjson finds them (:mod:`procfhir.validator.fastjson`), the exact reader only reads it where
-orjson's reading is not proven the same. ``workers`` > 1 validates in that many processes
-(forked after the definitions are known)."""
+orjson's reading is not proven the same (as it reads every input of the second pass).
+``workers`` > 1 validates in that many processes (forked after the definitions are known)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _new_definitions(value: Any, validator: Validator) -> list[dict[str, Any]]:
     return [d for d in definitions_in([value]) if not validator.defs.is_core(d["url"])]
 
 
-def _define_only(source: str, data: bytes, validator: Validator, known: dict[str, int]) -> int | None:
+def _define_only(source: str, data: bytes, validator: Validator) -> int | None:
     """The first pass on an input read again to be validated: its new definitions added (a
     stripped copy); 1 when it is read, 0 when only the second pass knows, None when the
     exact reader must read it (:func:`parse_input_owned`; then nothing is added here).
@@ -65,9 +65,7 @@ def _define_only(source: str, data: bytes, validator: Validator, known: dict[str
     none either (it gives the same values whenever it reads the file at all: they differ
     only in what it refuses, and in the order of duplicate keys, whose last value both
     keep), so the exact reading is left to the second pass; when it finds some and it is
-    :func:`proven` that the exact reader gives the same without issue, they are added (and
-    the ``hash()`` of its bytes kept in ``known``: the second pass reads the same bytes by
-    orjson)."""
+    :func:`proven` that the exact reader gives the same without issue, they are added."""
     if not _may_define(data, validator):
         return 1  # parsed (and its JSON judged) in the second pass
     value = loads_plain(data)
@@ -79,7 +77,6 @@ def _define_only(source: str, data: bytes, validator: Validator, known: dict[str
     if not proven(value, data):
         return None
     del value
-    known[source] = hash(data)
     for d in found:
         validator.defs.add(d, strip=True)
     return 1
@@ -153,15 +150,14 @@ def _run(
     # (the cycle collector is off: see run and COLLECT_GROWTH)
     try:
         listings: dict[str, list[Path]] = {}  # each folder walked once
-        known: dict[str, int] = {}  # inputs whose orjson reading is proven (see _define_only)
-        kept, readable, big = _first_pass(paths, validator, workers, listings, known)
+        kept, readable, big = _first_pass(paths, validator, workers, listings)
         # The definitions stay to the end, as each input's JSON until it is validated: the
         # collector need not walk them again and again (they hold no cycle); unfrozen at the end
         gc.freeze()
         if workers > 1:
             _validate_parallel(validator, _raw_largest_first(paths, big, listings), profile, workers, out)
         else:
-            items = kept if kept is not None else _largest_first(paths, big, listings, known)
+            items = kept if kept is not None else _largest_first(paths, big, listings)
             # (not enumerate(items) nor zip: their reused result tuple would hold the last
             # input's JSON while the next one is read and parsed: ~30 MiB more at the peak)
             for source, res, issues in items:
@@ -187,7 +183,6 @@ def _first_pass(
     validator: Validator,
     workers: int,
     listings: dict[str, list[Path]],
-    known: dict[str, int],
 ) -> tuple[Kept | None, int, list[tuple[int, str, bool]]]:
     """Every input read for its definitions (added to ``validator``): (the inputs parsed, when
     they all fit in KEEP_BYTES and one process validates; the number read; the large files:
@@ -210,11 +205,11 @@ def _first_pass(
                 continue
             pending.reverse()
             while pending:
-                readable += _define_from([pending.pop()], validator, known)
+                readable += _define_from([pending.pop()], validator)
             pending = None
         box = [item]
         del item
-        readable += _define_from(box, validator, known)
+        readable += _define_from(box, validator)
     if pending is None:
         return None, readable, big
     kept: Kept = []
@@ -229,13 +224,13 @@ def _first_pass(
     return kept, readable, big
 
 
-def _define_from(box: list[RawInput], validator: Validator, known: dict[str, int]) -> int:
+def _define_from(box: list[RawInput], validator: Validator) -> int:
     """The new definitions of the one input in ``box`` (taken out of it), read again to be
     validated, added (stripped copies); 1 when it is read, else 0 (then the second pass may)."""
     source, data, problem, in_folder = box.pop()
     if data is None:
         return 0
-    read = _define_only(source, data, validator, known)
+    read = _define_only(source, data, validator)
     if read is not None:
         return read
     box.append((source, data, problem, in_folder))
@@ -252,7 +247,6 @@ def _largest_first(
     paths: list[str],
     big: list[tuple[int, str, bool]],
     listings: dict[str, list[Path]] | None = None,
-    known: dict[str, int] | None = None,
 ) -> Iterator[tuple[str, Any, list[Issue]]]:
     """:func:`read_inputs` of ``paths``, the large files first (largest first): a large Bundle
     parsed while little else is held (a 35 MB one is about 100 MB of objects) keeps the peak of
@@ -260,7 +254,7 @@ def _largest_first(
     for item in _raw_largest_first(paths, big, listings):
         box = [item]
         del item
-        yield parse_input_owned(box, known)
+        yield parse_input_owned(box)
 
 
 def _raw_largest_first(
