@@ -11,10 +11,13 @@ No input makes it raise: an unexpected failure inside a rule becomes a ``fatal``
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from procfhir.validator import messages as M
 from procfhir.validator import rules
@@ -27,6 +30,9 @@ from procfhir.validator.terminology import Terminology
 
 _ID_RE = re.compile(r"[A-Za-z0-9\-\.]{1,64}")
 MAX_DEPTH = 120  # JSON nesting levels below a resource; FHIR content stays far below
+MEMO_MAX = 50_000  # canonical resources whose findings are kept (see Validator.resource)
+MemoKey = tuple[bytes, str, int]  # Validator._memo_key
+Found = tuple[str, str, str, str, str, str]  # severity, location after the resource's, message, code, key, id
 
 
 _INDEX = re.compile(r"\[\d+\]")  # [n] in a location
@@ -35,7 +41,18 @@ _INDEX = re.compile(r"\[\d+\]")  # [n] in a location
 class Ctx:
     """Per-resource state: the resource being validated, its container and its issues."""
 
-    __slots__ = ("resource", "root", "issues", "source", "seen", "depth", "res_loc", "bundle")
+    __slots__ = (
+        "resource",
+        "root",
+        "issues",
+        "source",
+        "seen",
+        "depth",
+        "res_loc",
+        "bundle",
+        "peak",
+        "outside",
+    )
 
     def __init__(self, resource: dict[str, Any], issues: list[Issue], source: str) -> None:
         self.resource = resource
@@ -46,6 +63,13 @@ class Ctx:
         self.depth = 0
         self.res_loc = ""  # location of the current resource (its elements' paths start there)
         self.bundle: dict[str, Any] | None = None  # the Bundle the resource is an entry of
+        self.peak = 0  # the deepest ``depth`` reached (Validator.resource's memo)
+        self.outside = False  # whether a rule looked outside the resource (its Bundle: see looked_outside)
+
+    def looked_outside(self) -> None:
+        """A rule's finding depends on more than the resource (what its Bundle holds): its
+        findings cannot be those of the same resource elsewhere (Validator.resource's memo)."""
+        self.outside = True
 
     def add(
         self,
@@ -96,6 +120,14 @@ class Validator:
         # (rules.differential): the R4 examples hold each profile twice (alone and in a Bundle)
         self.differential_memo: dict[tuple[int, bytes], list[tuple[str, str]]] = {}
         self.code_sets: dict[str, frozenset[str]] = {}
+        # a canonical resource's findings by what they depend on (_memo_key): (the walk's depth
+        # below the resource, findings relative to its location); the R4 examples hold most
+        # profiles and search parameters twice, alone and in a Bundle
+        self.resource_memo: dict[MemoKey, tuple[int, list[Found]]] = {}
+        self.memo_max = MEMO_MAX  # (0: no memo)
+        # when known (run: the ``"url"`` values met more than once in its inputs), only canonical
+        # resources with one of these urls are kept in resource_memo (the others cannot recur)
+        self.repeated_urls: set[str] | None = None
         self.planner = Planner(self)
         if sys.getrecursionlimit() < 6000:
             sys.setrecursionlimit(6000)
@@ -143,6 +175,69 @@ class Validator:
             ctx.add("error", loc, msg, "structure", mid=M.RESOURCE_UNKNOWN_TYPE)
             return
         loc = loc or rtype
+        key = None if contained or rtype == "Bundle" else self._memo_key(res, profile)
+        if key is None:
+            self._resource(res, rtype, loc, ctx, profile, contained)
+            return
+        hit = self.resource_memo.get(key)
+        if hit is not None and ctx.depth + hit[0] < MAX_DEPTH:
+            for severity, rel, message, code, ikey, mid in hit[1]:
+                ctx.add(severity, loc + rel, message, code, ikey, mid)
+            return
+        self._recorded(res, rtype, loc, ctx, profile, key)
+
+    def _memo_key(self, res: dict[str, Any], profile: str | None) -> MemoKey | None:
+        """For a canonical resource (one with a ``url``), what its findings depend on besides the
+        rules that look outside it: its content (the SHA-256 of orjson's dump: equal only for
+        equal values, keys in the same order, ints and floats told apart), the profile asked
+        for and the definitions (their generation); None for any other resource, and for one
+        whose url is not among :attr:`repeated_urls` when they are known."""
+        url = res.get("url")
+        if not isinstance(url, str) or (self.repeated_urls is not None and url not in self.repeated_urls):
+            return None
+        try:
+            data = orjson.dumps(res)
+        except TypeError:  # (orjson.JSONEncodeError) what orjson does not write: no memo
+            return None
+        return hashlib.sha256(data).digest(), profile or "", self.defs.generation
+
+    def _recorded(
+        self, res: dict[str, Any], rtype: str, loc: str, ctx: Ctx, profile: str | None, key: MemoKey
+    ) -> None:
+        """:meth:`_resource`, its findings kept under ``key`` (relative to ``loc``) unless a rule
+        looked outside the resource or the walk went near MAX_DEPTH. The resource is validated
+        with a set of its own for dropping repeated findings, then those the outer set already
+        holds are dropped: the same findings as with the outer set throughout (a finding is
+        dropped when met before, inside or outside), and, kept, the same wherever replayed."""
+        outer_seen, outer_outside, outer_peak = ctx.seen, ctx.outside, ctx.peak
+        depth = ctx.depth
+        ctx.seen, ctx.outside, ctx.peak = set(), False, depth
+        start = len(ctx.issues)
+        done = False
+        try:
+            self._resource(res, rtype, loc, ctx, profile, False)
+            done = True
+        finally:
+            inner_seen, outside, peak = ctx.seen, ctx.outside, ctx.peak
+            ctx.seen, ctx.outside, ctx.peak = outer_seen, outer_outside or outside, max(outer_peak, peak)
+            found = ctx.issues[start:]
+            if found and not outer_seen.isdisjoint(inner_seen):
+                fresh = [i for i in found if (i.severity, i.location, i.message) not in outer_seen]
+                ctx.issues[start:] = fresh
+            outer_seen |= inner_seen
+        if not done or outside or peak >= MAX_DEPTH or len(self.resource_memo) >= self.memo_max:
+            return
+        n = len(loc)
+        if any(not i.location.startswith(loc) for i in found):
+            return
+        self.resource_memo[key] = (
+            peak - depth,
+            [(i.severity, i.location[n:], i.message, i.code, i.key, i.message_id) for i in found],
+        )
+
+    def _resource(
+        self, res: dict[str, Any], rtype: str, loc: str, ctx: Ctx, profile: str | None, contained: bool
+    ) -> None:
         outer, outer_root, outer_loc, outer_bundle = ctx.resource, ctx.root, ctx.res_loc, ctx.bundle
         ctx.resource, ctx.res_loc = res, loc
         if not contained:
@@ -227,6 +322,8 @@ class Validator:
             ctx.add("error", loc, msg, "structure", mid=M.TYPE_NOT_OBJECT)
             return
         ctx.depth += 1
+        if ctx.depth > ctx.peak:
+            ctx.peak = ctx.depth
         try:
             for rule in plan.rules:
                 rule(self, value, node, tcode, loc, ctx, host)

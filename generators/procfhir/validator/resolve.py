@@ -124,6 +124,7 @@ def find_target(ref: str, ctx: Ctx) -> dict[str, Any] | None:
     """The resource a reference names within the container or the Bundle, or None."""
     from procfhir.validator.rules import _LITERAL_REF
 
+    ctx.looked_outside()  # (a Bundle, or none: the resource's place, not its content)
     if ref.startswith("#"):
         contained = ctx.root.get("contained")
         for c in contained if isinstance(contained, list) else []:

@@ -573,6 +573,7 @@ def reference(
 
 
 def _bundle_target_type(ctx: Ctx, ref: str) -> str | None:
+    ctx.looked_outside()  # (alone, the resource has no Bundle to look in: also a finding of its place)
     if ctx.bundle is None:
         return None
     for e in ctx.bundle.get("entry") or []:

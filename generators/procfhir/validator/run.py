@@ -56,7 +56,7 @@ def _new_definitions(value: Any, validator: Validator) -> list[dict[str, Any]]:
     return [d for d in definitions_in([value]) if not validator.defs.is_core(d["url"])]
 
 
-def _define_only(source: str, data: bytes, validator: Validator) -> int | None:
+def _define_only(source: str, data: bytes, validator: Validator, urls: Counter[bytes]) -> int | None:
     """The first pass on an input read again to be validated: its new definitions added (a
     stripped copy); 1 when it is read, 0 when only the second pass knows, None when the
     exact reader must read it (:func:`parse_input_owned`; then nothing is added here).
@@ -65,8 +65,9 @@ def _define_only(source: str, data: bytes, validator: Validator) -> int | None:
     none either (it gives the same values whenever it reads the file at all: they differ
     only in what it refuses, and in the order of duplicate keys, whose last value both
     keep), so the exact reading is left to the second pass; when it finds some and it is
-    :func:`proven` that the exact reader gives the same without issue, they are added."""
-    if not _may_define(data, validator):
+    :func:`proven` that the exact reader gives the same without issue, they are added.
+    ``urls`` counts the ``"url"`` values met (see :func:`_may_define`)."""
+    if not _may_define(data, validator, urls):
         return 1  # parsed (and its JSON judged) in the second pass
     value = loads_plain(data)
     if value is UNPROVEN:
@@ -82,10 +83,21 @@ def _define_only(source: str, data: bytes, validator: Validator) -> int | None:
     return 1
 
 
-def _may_define(data: bytes, validator: Validator) -> bool:
+def _may_define(data: bytes, validator: Validator, urls: Counter[bytes]) -> bool:
     """Whether a file can hold a definition beyond core: some ``"url"`` in it is not a core
-    canonical (a cheap scan that spares the first pass most of the spec's own files)."""
-    return any(not validator.defs.is_core(m.group(1).decode("utf-8", "replace")) for m in _URL.finditer(data))
+    canonical (a cheap scan that spares the first pass most of the spec's own files). Every
+    ``"url"`` value is counted in ``urls``: a canonical resource whose url is met once is not
+    met twice (see :func:`_repeated`)."""
+    found = _URL.findall(data)
+    urls.update(found)
+    return any(not validator.defs.is_core(url.decode("utf-8", "replace")) for url in found)
+
+
+def _repeated(urls: Counter[bytes]) -> set[str]:
+    """The ``"url"`` values met more than once in the inputs: only canonical resources with one
+    of them may be met again with the same content, so only their findings are worth keeping
+    (:attr:`Validator.repeated_urls`; the R4 examples' 7,000 data elements are met once)."""
+    return {url.decode("utf-8", "replace") for url, n in urls.items() if n > 1}
 
 
 @dataclass
@@ -189,6 +201,7 @@ def _first_pass(
     size, file, found in a folder). Inputs are parsed only once they are known to fit: until
     then their bytes wait (if they do not all fit, they are read again in the second pass)."""
     pending: list[RawInput] | None = [] if workers == 1 else None
+    urls: Counter[bytes] = Counter()
     size = 0
     readable = 0
     big: list[tuple[int, str, bool]] = []
@@ -205,12 +218,13 @@ def _first_pass(
                 continue
             pending.reverse()
             while pending:
-                readable += _define_from([pending.pop()], validator)
+                readable += _define_from([pending.pop()], validator, urls)
             pending = None
         box = [item]
         del item
-        readable += _define_from(box, validator)
+        readable += _define_from(box, validator, urls)
     if pending is None:
+        validator.repeated_urls = _repeated(urls)
         return None, readable, big
     kept: Kept = []
     pending.reverse()
@@ -224,13 +238,13 @@ def _first_pass(
     return kept, readable, big
 
 
-def _define_from(box: list[RawInput], validator: Validator) -> int:
+def _define_from(box: list[RawInput], validator: Validator, urls: Counter[bytes]) -> int:
     """The new definitions of the one input in ``box`` (taken out of it), read again to be
     validated, added (stripped copies); 1 when it is read, else 0 (then the second pass may)."""
     source, data, problem, in_folder = box.pop()
     if data is None:
         return 0
-    read = _define_only(source, data, validator)
+    read = _define_only(source, data, validator, urls)
     if read is not None:
         return read
     box.append((source, data, problem, in_folder))

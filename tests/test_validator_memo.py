@@ -1,0 +1,98 @@
+"""The validator's memo of canonical resources (``Validator.resource``): a resource met again
+with the same content gets the findings of its first validation, moved to its new location.
+The findings are those of validating it again, whatever the order and the place (alone, in a
+Bundle, twice in one Bundle); a resource whose findings depend on its Bundle is not kept."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from procfhir import fhircache
+
+PATIENT_URN = "urn:uuid:7f0c2a1e-0d5e-4f7a-9a51-2d3c6b1e0a01"
+
+
+def _resources() -> dict[str, dict[str, Any]]:
+    base = "http://example.org/fhir"
+    profile = {
+        "resourceType": "StructureDefinition",
+        "url": f"{base}/StructureDefinition/p",
+        "name": "P",
+        "status": "draft",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Patient",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+        "derivation": "constraint",
+        "differential": {
+            "element": [
+                {"id": "Patient.gender", "path": "Patient.gender", "min": 1, "max": "0"},  # eld-2
+                {"id": "Patient.nope", "path": "Patient.nope", "min": 1},  # not in the base
+            ]
+        },
+    }
+    value_set = {
+        "resourceType": "ValueSet",
+        "url": f"{base}/ValueSet/v",
+        "status": "bogus",  # not in the required value set
+        "compose": {"include": [{"system": "http://loinc.org", "concept": [{"code": " x"}]}]},
+    }
+    # its subject is a Patient in the Bundle (a Group is asked for): a finding only there
+    plan = {
+        "resourceType": "PlanDefinition",
+        "url": f"{base}/PlanDefinition/d",
+        "status": "draft",
+        "subjectReference": {"reference": PATIENT_URN},
+        "action": [{"title": "x", "timingDuration": {"value": -1, "unit": "d"}}],
+    }
+    return {"profile": profile, "value_set": value_set, "plan": plan}
+
+
+def _bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    entries = [{"fullUrl": PATIENT_URN, "resource": {"resourceType": "Patient", "gender": "other"}}]
+    for i, r in enumerate(resources):
+        entries.append({"fullUrl": f"urn:uuid:00000000-0000-4000-8000-{i:012d}", "resource": r})
+    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+
+def _found(issues: list[Any]) -> list[tuple[str, ...]]:
+    return [(i.severity, i.location, i.message, i.code, i.key, i.source, i.message_id) for i in issues]
+
+
+@pytest.mark.parametrize("bundle_first", [True, False])
+def test_memo_gives_the_findings_of_validating_again(bundle_first: bool) -> None:
+    if not fhircache.is_filled():
+        pytest.skip("FHIR package cache not filled")
+    from procfhir.validator.engine import Validator
+
+    res = _resources()
+    alone = [(name, copy.deepcopy(r)) for name, r in res.items()]
+    in_bundle = [copy.deepcopy(r) for r in res.values()] + [copy.deepcopy(res["value_set"])]
+    together = ("bundle", _bundle(in_bundle))
+    inputs = [together, *alone] if bundle_first else [*alone, together]
+    inputs += [("again", copy.deepcopy(together[1]))]
+    memo, plain = Validator(), Validator()
+    plain.memo_max = 0
+    for name, value in inputs:
+        got = memo.validate(copy.deepcopy(value), source=name)
+        want = plain.validate(copy.deepcopy(value), source=name)
+        assert _found(got) == _found(want), name
+        if name == "bundle":
+            found = {(i.location, i.message_id) for i in got}
+            # the findings inside the canonical resources, and the one only their place gives
+            assert ("Bundle.entry[3].resource.subjectReference.reference", "REF_WRONG_TARGET") in found
+            assert ("Bundle.entry[2].resource.status", "TX_NOT_IN_VALUESET") in found
+            assert ("Bundle.entry[4].resource.status", "TX_NOT_IN_VALUESET") in found
+    assert plain.resource_memo == {}
+    kept = memo.resource_memo
+    assert memo._memo_key(res["value_set"], None) in kept  # replayed (twice in a Bundle, alone)
+    assert memo._memo_key(res["profile"], None) in kept
+    assert memo._memo_key(res["plan"], None) not in kept  # its findings depend on its Bundle
+    assert memo._memo_key(res["value_set"], "http://example.org/other") not in kept
+    changed = copy.deepcopy(res["value_set"])
+    changed["status"] = "draft"
+    assert memo._memo_key(changed, None) not in kept
+    assert not [i for i in memo.validate(changed) if i.location == "ValueSet.status"]
