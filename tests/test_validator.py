@@ -498,3 +498,23 @@ def test_definitions_among_large_inputs_are_found(
         ids = {i.message_id for i in result.issues if i.is_error}
         assert ids == {"DT_MAX_LENGTH", "DT_MAX_VALUE"}, result.issues
         assert result.resources == 2
+
+
+def test_folder_files_in_path_order(tmp_path: Path) -> None:
+    """folder_files sorts by parts (faster than Path comparisons): the same order as sorted()
+    of the Paths, subfolders and names with '-', '.', ' ' and capitals included (a definition met
+    later wins, so the order is part of the outcome)."""
+    from procfhir.validator.inputs import folder_files
+
+    names = ["a.json", "a-b.json", "a/b.json", "a/b/c.json", "A.json", "a b.json", "a0/x.json", "ab/c.json"]
+    names += ["a/b-c.json", "a/b/c-d.json", "é.json", "package.json", ".hidden.json", "a/.h/x.json"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    got = folder_files(tmp_path)
+    want = [
+        f
+        for f in sorted(tmp_path.rglob("*"))
+        if f.is_file() and f.name != "package.json" and not f.name.startswith(".")
+    ]
+    assert got == want and len(got) == 12

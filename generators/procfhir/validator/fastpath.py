@@ -476,6 +476,9 @@ def _length(items: list[Any]) -> list[Any]:
     return [len(_single_string(items))]
 
 
+_INTEGER = re.compile(r"[+-]?\d+")  # (compiled once: eld-3's toInteger() runs on every element)
+
+
 def _to_integer(items: list[Any]) -> list[Any]:
     if not items:
         return []
@@ -484,7 +487,7 @@ def _to_integer(items: list[Any]) -> list[Any]:
     v = items[0]
     if type(v) is int:
         return [v]
-    if type(v) is str and re.fullmatch(r"[+-]?\d+", v):
+    if type(v) is str and _INTEGER.fullmatch(v):
         return [int(v)]
     raise Unsupported("toInteger() of something else")
 
