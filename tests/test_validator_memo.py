@@ -1,7 +1,8 @@
-"""The validator's memo of canonical resources (``Validator.resource``): a resource met again
-with the same content gets the findings of its first validation, moved to its new location.
-The findings are those of validating it again, whatever the order and the place (alone, in a
-Bundle, twice in one Bundle); a resource whose findings depend on its Bundle is not kept."""
+"""The validator's memos: a canonical resource (``Validator.resource``) or an ElementDefinition
+(``Validator.instance``) met again with the same content gets the findings of its first
+validation, moved to its new location. The findings are those of validating it again, whatever
+the order and the place (alone, in a Bundle, twice in one Bundle); a resource whose findings
+depend on its Bundle, or an element whose findings depend on its resource, is not kept."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from procfhir import fhircache
 
 PATIENT_URN = "urn:uuid:7f0c2a1e-0d5e-4f7a-9a51-2d3c6b1e0a01"
+BASE = "http://example.org/fhir"
 
 
 def _resources() -> dict[str, dict[str, Any]]:
@@ -96,3 +98,59 @@ def test_memo_gives_the_findings_of_validating_again(bundle_first: bool) -> None
     changed["status"] = "draft"
     assert memo._memo_key(changed, None) not in kept
     assert not [i for i in memo.validate(changed) if i.location == "ValueSet.status"]
+
+
+def _profile(name: str, contained: bool) -> dict[str, Any]:
+    """A profile whose differential repeats the others' elements: one with a finding (eld-2),
+    one whose extension refers to a contained resource (found in one profile, not the other)."""
+    element = {"id": "Patient.gender", "path": "Patient.gender", "min": 1, "max": "0"}
+    referring = {
+        "id": "Patient.birthDate",
+        "path": "Patient.birthDate",
+        "extension": [
+            {"url": "http://example.org/fhir/StructureDefinition/x", "valueReference": {"reference": "#c1"}}
+        ],
+    }
+    sd: dict[str, Any] = {
+        "resourceType": "StructureDefinition",
+        "url": f"http://example.org/fhir/StructureDefinition/{name}",
+        "name": name.upper(),
+        "status": "draft",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Patient",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+        "derivation": "constraint",
+        "differential": {"element": [element, referring]},
+    }
+    if contained:
+        sd["contained"] = [{"resourceType": "Basic", "id": "c1", "code": {"text": "x"}}]
+    return sd
+
+
+@pytest.mark.parametrize("order", [("a", "b", "c"), ("c", "b", "a"), ("b", "a", "c")])
+def test_memo_of_element_definitions(order: tuple[str, ...]) -> None:
+    """Equal ElementDefinitions in different profiles: the findings of validating each again,
+    at each one's location; one whose extension refers to a contained resource is not kept."""
+    if not fhircache.is_filled():
+        pytest.skip("FHIR package cache not filled")
+    from procfhir.validator.engine import Validator
+
+    profiles = {"a": _profile("a", contained=True), "b": _profile("b", contained=False)}
+    profiles["c"] = _bundle([copy.deepcopy(profiles["b"]), copy.deepcopy(profiles["a"])])
+    memo, plain = Validator(), Validator()
+    plain.memo_max = 0
+    seen: dict[str, set[tuple[str, str]]] = {}
+    for name in order:
+        got = memo.validate(copy.deepcopy(profiles[name]), source=name)
+        want = plain.validate(copy.deepcopy(profiles[name]), source=name)
+        assert _found(got) == _found(want), name
+        seen[name] = {(i.location, i.message_id) for i in got}
+    assert plain.value_memo == {} and memo.value_memo
+    ref = ".differential.element[1].extension[0].valueReference.reference"
+    assert ("StructureDefinition" + ref, "REF_CONTAINED_MISSING") in seen["b"]
+    assert ("StructureDefinition" + ref, "REF_CONTAINED_MISSING") not in seen["a"]
+    assert ("Bundle.entry[1].resource" + ref, "REF_CONTAINED_MISSING") in seen["c"]
+    assert ("Bundle.entry[2].resource" + ref, "REF_CONTAINED_MISSING") not in seen["c"]
+    for where in ("StructureDefinition", "Bundle.entry[1].resource", "Bundle.entry[2].resource"):
+        assert (f"{where}.differential.element[0]", "INVARIANT_FAILED") in seen["a"] | seen["b"] | seen["c"]

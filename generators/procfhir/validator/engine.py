@@ -32,6 +32,9 @@ _ID_RE = re.compile(r"[A-Za-z0-9\-\.]{1,64}")
 MAX_DEPTH = 120  # JSON nesting levels below a resource; FHIR content stays far below
 MEMO_MAX = 50_000  # canonical resources whose findings are kept (see Validator.resource)
 MemoKey = tuple[bytes, str, int]  # Validator._memo_key
+# complex types whose values' findings are kept too (see Validator.instance): an ElementDefinition
+# recurs in profiles' snapshots and differentials (the R4 examples: 16,700 of 39,800 are repeats)
+MEMO_TYPES = frozenset({"ElementDefinition"})
 Found = tuple[str, str, str, str, str, str]  # severity, location after the resource's, message, code, key, id
 
 
@@ -52,6 +55,7 @@ class Ctx:
         "bundle",
         "peak",
         "outside",
+        "read_resource",
     )
 
     def __init__(self, resource: dict[str, Any], issues: list[Issue], source: str) -> None:
@@ -65,11 +69,18 @@ class Ctx:
         self.bundle: dict[str, Any] | None = None  # the Bundle the resource is an entry of
         self.peak = 0  # the deepest ``depth`` reached (Validator.resource's memo)
         self.outside = False  # whether a rule looked outside the resource (its Bundle: see looked_outside)
+        self.read_resource = False  # whether a rule read the resource (see looked_at_resource)
 
     def looked_outside(self) -> None:
         """A rule's finding depends on more than the resource (what its Bundle holds): its
         findings cannot be those of the same resource elsewhere (Validator.resource's memo)."""
         self.outside = True
+
+    def looked_at_resource(self) -> None:
+        """A rule's finding depends on more than the value it checks (the resource around it:
+        %resource, contained resources): not those of the same value elsewhere (the memo of
+        values, Validator.instance)."""
+        self.read_resource = True
 
     def add(
         self,
@@ -123,8 +134,13 @@ class Validator:
         # a canonical resource's findings by what they depend on (_memo_key): (the walk's depth
         # below the resource, findings relative to its location); the R4 examples hold most
         # profiles and search parameters twice, alone and in a Bundle
-        self.resource_memo: dict[MemoKey, tuple[int, list[Found]]] = {}
+        self.resource_memo: dict[MemoKey, tuple[int, tuple[Found, ...]]] = {}
         self.memo_max = MEMO_MAX  # (0: no memo)
+        # values of MEMO_TYPES by the digest of what their findings depend on (_value_key): (depth
+        # below the value, findings relative to its location); the nodes and hosts met are held
+        # (their ids are in the digests: no other node can take one)
+        self.value_memo: dict[bytes, tuple[int, tuple[Found, ...]]] = {}
+        self._memo_nodes: set[Node] = set()
         # when known (run: the ``"url"`` values met more than once in its inputs), only canonical
         # resources with one of these urls are kept in resource_memo (the others cannot recur)
         self.repeated_urls: set[str] | None = None
@@ -181,10 +197,17 @@ class Validator:
             return
         hit = self.resource_memo.get(key)
         if hit is not None and ctx.depth + hit[0] < MAX_DEPTH:
-            for severity, rel, message, code, ikey, mid in hit[1]:
-                ctx.add(severity, loc + rel, message, code, ikey, mid)
+            _replay(hit[0], hit[1], loc, ctx)
             return
-        self._recorded(res, rtype, loc, ctx, profile, key)
+        saved = _memo_begin(ctx)
+        done = False
+        try:
+            self._resource(res, rtype, loc, ctx, profile, False)
+            done = True
+        finally:
+            found = _memo_end(ctx, saved, loc, done, whole_resource=True)
+        if found is not None and len(self.resource_memo) < self.memo_max:
+            self.resource_memo[key] = found
 
     def _memo_key(self, res: dict[str, Any], profile: str | None) -> MemoKey | None:
         """For a canonical resource (one with a ``url``), what its findings depend on besides the
@@ -200,40 +223,6 @@ class Validator:
         except TypeError:  # (orjson.JSONEncodeError) what orjson does not write: no memo
             return None
         return hashlib.sha256(data).digest(), profile or "", self.defs.generation
-
-    def _recorded(
-        self, res: dict[str, Any], rtype: str, loc: str, ctx: Ctx, profile: str | None, key: MemoKey
-    ) -> None:
-        """:meth:`_resource`, its findings kept under ``key`` (relative to ``loc``) unless a rule
-        looked outside the resource or the walk went near MAX_DEPTH. The resource is validated
-        with a set of its own for dropping repeated findings, then those the outer set already
-        holds are dropped: the same findings as with the outer set throughout (a finding is
-        dropped when met before, inside or outside), and, kept, the same wherever replayed."""
-        outer_seen, outer_outside, outer_peak = ctx.seen, ctx.outside, ctx.peak
-        depth = ctx.depth
-        ctx.seen, ctx.outside, ctx.peak = set(), False, depth
-        start = len(ctx.issues)
-        done = False
-        try:
-            self._resource(res, rtype, loc, ctx, profile, False)
-            done = True
-        finally:
-            inner_seen, outside, peak = ctx.seen, ctx.outside, ctx.peak
-            ctx.seen, ctx.outside, ctx.peak = outer_seen, outer_outside or outside, max(outer_peak, peak)
-            found = ctx.issues[start:]
-            if found and not outer_seen.isdisjoint(inner_seen):
-                fresh = [i for i in found if (i.severity, i.location, i.message) not in outer_seen]
-                ctx.issues[start:] = fresh
-            outer_seen |= inner_seen
-        if not done or outside or peak >= MAX_DEPTH or len(self.resource_memo) >= self.memo_max:
-            return
-        n = len(loc)
-        if any(not i.location.startswith(loc) for i in found):
-            return
-        self.resource_memo[key] = (
-            peak - depth,
-            [(i.severity, i.location[n:], i.message, i.code, i.key, i.message_id) for i in found],
-        )
 
     def _resource(
         self, res: dict[str, Any], rtype: str, loc: str, ctx: Ctx, profile: str | None, contained: bool
@@ -321,6 +310,9 @@ class Validator:
             msg = f"{tcode} must be a JSON object, found {_jtype(value)}"
             ctx.add("error", loc, msg, "structure", mid=M.TYPE_NOT_OBJECT)
             return
+        if tcode in MEMO_TYPES and self.memo_max:
+            self._memo_value(value, node, tcode, loc, ctx, host)
+            return
         ctx.depth += 1
         if ctx.depth > ctx.peak:
             ctx.peak = ctx.depth
@@ -329,6 +321,60 @@ class Validator:
                 rule(self, value, node, tcode, loc, ctx, host)
         finally:
             ctx.depth -= 1
+
+    def _memo_value(
+        self, value: dict[str, Any], node: Node, tcode: str, loc: str, ctx: Ctx, host: Node | None
+    ) -> None:
+        """:meth:`instance` of a complex value of MEMO_TYPES: a value met again with the same
+        content, at the same node and host, gets the findings of its first walk, moved to its
+        location; kept unless a rule read the resource around it, looked outside it or the
+        walk went near MAX_DEPTH (as Validator.resource's memo)."""
+        key = self._value_key(value, node, tcode, loc, ctx, host)
+        if key is not None:
+            hit = self.value_memo.get(key)
+            if hit is not None and ctx.depth + hit[0] < MAX_DEPTH:
+                _replay(hit[0], hit[1], loc, ctx)
+                return
+        saved = _memo_begin(ctx) if key is not None else None
+        done = False
+        ctx.depth += 1
+        if ctx.depth > ctx.peak:
+            ctx.peak = ctx.depth
+        try:
+            for rule in (node.plans.get(tcode) or self.planner.plan(node, tcode)).rules:
+                rule(self, value, node, tcode, loc, ctx, host)
+            done = True
+        finally:
+            ctx.depth -= 1
+            found = _memo_end(ctx, saved, loc, done, whole_resource=False) if saved is not None else None
+        if key is not None and found is not None and len(self.value_memo) < self.memo_max:
+            self.value_memo[key] = found
+            self._memo_nodes.add(node)
+            if host is not None:
+                self._memo_nodes.add(host)
+
+    def _value_key(
+        self, value: dict[str, Any], node: Node, tcode: str, loc: str, ctx: Ctx, host: Node | None
+    ) -> bytes | None:
+        """The SHA-256 of what a value's findings depend on besides the rules that read around
+        it: its content (as :meth:`_memo_key`), its node and host (held by the memo: ids stay
+        theirs), the type, the definitions' generation, and where it sits in its resource (the
+        resource's type, its path there without indexes: some findings name it); None when not
+        dumpable."""
+        if not loc.startswith(ctx.res_loc):
+            return None
+        try:
+            data = orjson.dumps(value)
+        except TypeError:  # (orjson.JSONEncodeError) what orjson does not write: no memo
+            return None
+        rtype = ctx.resource.get("resourceType")
+        where = (
+            f"\n{id(node)}|{id(host) if host is not None else 0}|{tcode}|{self.defs.generation}|"
+            f"{rtype if isinstance(rtype, str) else ''}|{_INDEX.sub('', loc[len(ctx.res_loc) :])}"
+        )
+        digest = hashlib.sha256(data)  # (a line break never ends a dump: the parts stay apart)
+        digest.update(where.encode("utf-8", "surrogatepass"))
+        return digest.digest()
 
     def type_sd(self, node: Node, tcode: str) -> CompiledSD | None:
         for t in node.types:
@@ -349,6 +395,58 @@ class Validator:
             raise
         except Exception as exc:  # noqa: BLE001 - never a traceback: the failure is an issue
             ctx.add("fatal", loc, _internal(exc), "exception", mid=M.INTERNAL_ERROR)
+
+
+Saved = tuple[set[tuple[str, str, str]], bool, bool, int, int, int]
+
+
+def _memo_begin(ctx: Ctx) -> Saved:
+    """Start recording what a resource or value finds (see :func:`_memo_end`): a set of its
+    own for dropping repeated findings, no flags, the depth reached from here."""
+    saved = (ctx.seen, ctx.outside, ctx.read_resource, ctx.peak, ctx.depth, len(ctx.issues))
+    ctx.seen, ctx.outside, ctx.read_resource, ctx.peak = set(), False, False, ctx.depth
+    return saved
+
+
+def _memo_end(
+    ctx: Ctx, saved: Saved, loc: str, done: bool, whole_resource: bool
+) -> tuple[int, tuple[Found, ...]] | None:
+    """End the recording begun by :func:`_memo_begin`: the findings that the outer set already
+    holds are dropped (the same findings as with the outer set throughout: a finding is dropped
+    when met before, inside or outside), the flags and depth passed on outwards; (the depth
+    below, the findings relative to ``loc``) when they may be kept: done, no rule looked outside
+    the resource (nor read the resource, for a value: ``whole_resource`` False), not near
+    MAX_DEPTH, every finding under ``loc``; else None."""
+    outer_seen, outer_outside, outer_read, outer_peak, depth, start = saved
+    inner_seen, outside, read, peak = ctx.seen, ctx.outside, ctx.read_resource, ctx.peak
+    ctx.seen, ctx.outside, ctx.read_resource = outer_seen, outer_outside or outside, outer_read or read
+    ctx.peak = max(outer_peak, peak)
+    found = ctx.issues[start:]
+    if found and not outer_seen.isdisjoint(inner_seen):
+        fresh = [i for i in found if (i.severity, i.location, i.message) not in outer_seen]
+        ctx.issues[start:] = fresh
+    outer_seen |= inner_seen
+    if not done or outside or (read and not whole_resource) or peak >= MAX_DEPTH:
+        return None
+    if any(not i.location.startswith(loc) for i in found):
+        return None
+    if not found:
+        return peak - depth, _NONE
+    n = len(loc)
+    return peak - depth, tuple(
+        (i.severity, i.location[n:], i.message, i.code, i.key, i.message_id) for i in found
+    )
+
+
+_NONE: tuple[Found, ...] = ()  # (shared: most values find nothing)
+
+
+def _replay(below: int, found: tuple[Found, ...], loc: str, ctx: Ctx) -> None:
+    """Kept findings, at ``loc``; the depth they reached below it passed on (see _memo_end)."""
+    for severity, rel, message, code, key, mid in found:
+        ctx.add(severity, loc + rel, message, code, key, mid)
+    if ctx.depth + below > ctx.peak:
+        ctx.peak = ctx.depth + below
 
 
 def internal_error(exc: BaseException) -> str:

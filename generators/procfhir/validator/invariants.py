@@ -76,13 +76,19 @@ class Prepared:
     when its verdict on an element holding none of them is known to be "holds" (most of core's
     invariants are ``x.empty() or ...`` / ``x.exists() implies ...``), else None."""
 
-    __slots__ = ("constraint", "key", "guard", "fast")
+    __slots__ = ("constraint", "key", "guard", "fast", "reads_resource")
 
     def __init__(self, constraint: dict[str, Any], guard: frozenset[str] | None, fast: Any = None) -> None:
         self.constraint = constraint
         self.key: str = constraint.get("key", "")
         self.guard = guard
         self.fast = fast  # the compiled closure (fastpath), when there is one and no native check
+        # whether its verdict may depend on more than the element: the resource (%resource,
+        # %rootResource, any other %variable), or what resolve() finds (strings left out:
+        # eld-19's pattern holds a %)
+        expression = constraint.get("expression")
+        code = _STRING.sub("''", expression) if isinstance(expression, str) else ""
+        self.reads_resource = "%" in code or "resolve" in code
 
 
 # key names of an object -> every name a FHIRPath step can reach it by (see touched_names)

@@ -125,6 +125,7 @@ def find_target(ref: str, ctx: Ctx) -> dict[str, Any] | None:
     from procfhir.validator.rules import _LITERAL_REF
 
     ctx.looked_outside()  # (a Bundle, or none: the resource's place, not its content)
+    ctx.looked_at_resource()
     if ref.startswith("#"):
         contained = ctx.root.get("contained")
         for c in contained if isinstance(contained, list) else []:

@@ -343,13 +343,17 @@ def invariants(
     env: dict[str, Any] | None = None
     for p in constraints:
         key = p.key
-        if key == "dom-6" and ctx.resource is not ctx.root:
-            continue  # contained resources carry no narrative of their own (the container's covers them)
+        if key == "dom-6":
+            ctx.looked_at_resource()
+            if ctx.resource is not ctx.root:
+                continue  # contained resources carry no narrative of their own (the container's covers them)
         if p.guard is not None and type(value) is dict:
             if touched is None:
                 touched = touched_names(value)
             if p.guard.isdisjoint(touched):
                 continue  # none of the children it reads: it holds (Invariants.prepare)
+        if p.reads_resource:
+            ctx.looked_at_resource()
         c = p.constraint
         if p.fast is not None:  # Invariants.check's fast path, without its look-ups
             if env is None:
@@ -534,6 +538,7 @@ def reference(
     if ref.startswith("#"):
         cid = ref[1:]
         if cid:
+            ctx.looked_at_resource()
             contained = ctx.root.get("contained")
             contained = contained if isinstance(contained, list) else []
             hit = next((c for c in contained if isinstance(c, dict) and c.get("id") == cid), None)
