@@ -154,3 +154,51 @@ def test_memo_of_element_definitions(order: tuple[str, ...]) -> None:
     assert ("Bundle.entry[2].resource" + ref, "REF_CONTAINED_MISSING") not in seen["c"]
     for where in ("StructureDefinition", "Bundle.entry[1].resource", "Bundle.entry[2].resource"):
         assert (f"{where}.differential.element[0]", "INVARIANT_FAILED") in seen["a"] | seen["b"] | seen["c"]
+
+
+def test_memo_of_extensions_and_codings_by_place() -> None:
+    """The same extension on a Patient (its context) and on an Observation (not its context),
+    the same Coding under two bindings: each finding as without the memo, at its place."""
+    if not fhircache.is_filled():
+        pytest.skip("FHIR package cache not filled")
+    from procfhir.validator.engine import Validator
+
+    ext_url = f"{BASE}/StructureDefinition/e"
+    extension_sd = {
+        "resourceType": "StructureDefinition",
+        "url": ext_url,
+        "name": "E",
+        "status": "draft",
+        "kind": "complex-type",
+        "abstract": False,
+        "context": [{"type": "element", "expression": "Patient"}],
+        "type": "Extension",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Extension",
+        "derivation": "constraint",
+        "differential": {
+            "element": [
+                {"id": "Extension.url", "path": "Extension.url", "fixedUri": ext_url},
+                {"id": "Extension.value[x]", "path": "Extension.value[x]", "type": [{"code": "string"}]},
+            ]
+        },
+    }
+    ext = {"url": ext_url, "valueString": "x"}
+    coding = {"system": "http://hl7.org/fhir/administrative-gender", "code": "male"}
+    inputs = [
+        {"resourceType": "Patient", "extension": [ext], "maritalStatus": {"coding": [coding]}},
+        {"resourceType": "Observation", "status": "final", "code": {"coding": [coding]}, "extension": [ext]},
+        {"resourceType": "Patient", "extension": [ext, ext], "maritalStatus": {"coding": [coding]}},
+    ]
+    memo, plain = Validator(extra_definitions=[extension_sd]), Validator(extra_definitions=[extension_sd])
+    plain.memo_max = 0
+    found: list[set[tuple[str, str]]] = []
+    for value in inputs:
+        got = memo.validate(copy.deepcopy(value))
+        assert _found(got) == _found(plain.validate(copy.deepcopy(value))), value
+        found.append({(i.location, i.message_id) for i in got})
+    assert ("Observation.extension[0]", "EXT_CONTEXT") in found[1]
+    assert not any(mid == "EXT_CONTEXT" for _, mid in found[0] | found[2])
+    # the gender code is not a marital status (extensible binding), and is a fine Observation code
+    assert ("Patient.maritalStatus", "TX_NOT_IN_VALUESET") in found[0] & found[2]
+    assert not any(loc.startswith("Observation.code") for loc, _ in found[1])
+    assert memo.value_memo
