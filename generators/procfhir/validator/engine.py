@@ -417,7 +417,7 @@ def _memo_end(
     when met before, inside or outside), the flags and depth passed on outwards; (the depth
     below, the findings relative to ``loc``) when they may be kept: done, no rule looked outside
     the resource (nor read the resource, for a value: ``whole_resource`` False), not near
-    MAX_DEPTH, every finding under ``loc``; else None."""
+    MAX_DEPTH, every finding at ``loc`` or under it; else None."""
     outer_seen, outer_outside, outer_read, outer_peak, depth, start = saved
     inner_seen, outside, read, peak = ctx.seen, ctx.outside, ctx.read_resource, ctx.peak
     ctx.seen, ctx.outside, ctx.read_resource = outer_seen, outer_outside or outside, outer_read or read
@@ -429,7 +429,8 @@ def _memo_end(
     outer_seen |= inner_seen
     if not done or outside or (read and not whole_resource) or peak >= MAX_DEPTH:
         return None
-    if any(not i.location.startswith(loc) for i in found):
+    below = (loc + ".", loc + "[")  # (not a sibling that starts alike: element[1] and element[10])
+    if any(i.location != loc and not i.location.startswith(below) for i in found):
         return None
     if not found:
         return peak - depth, _NONE
