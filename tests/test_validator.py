@@ -270,20 +270,10 @@ def test_a_profile_that_cannot_be_snapshotted_is_an_issue_not_a_crash(
     core_cache: Path, tmp_path: Path
 ) -> None:
     from procfhir.validator import messages as M
+    from tests.profiles import profile
 
-    broken = {
-        "resourceType": "StructureDefinition",
-        "id": "broken",
-        "url": "http://example.test/StructureDefinition/broken",
-        "name": "Broken",
-        "status": "draft",
-        "kind": "resource",
-        "abstract": False,
-        "type": "Patient",
-        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
-        "derivation": "constraint",
-        "differential": {"element": [{"id": "Patient.nothing.here", "path": "Patient.nothing.here"}]},
-    }
+    url = "http://example.test/StructureDefinition/broken"
+    broken = profile(url, [{"id": "Patient.nothing.here", "path": "Patient.nothing.here"}], id="broken")
     patient = {"resourceType": "Patient", "meta": {"profile": [broken["url"]]}}
     defs = _write(tmp_path, "broken-profile.json", json.dumps(broken))
     code, by_file = _cli_outcome(

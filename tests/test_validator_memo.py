@@ -12,40 +12,30 @@ from typing import Any
 import pytest
 
 from procfhir import fhircache
+from tests.profiles import profile as make_profile
 
 PATIENT_URN = "urn:uuid:7f0c2a1e-0d5e-4f7a-9a51-2d3c6b1e0a01"
 BASE = "http://example.org/fhir"
 
 
 def _resources() -> dict[str, dict[str, Any]]:
-    base = "http://example.org/fhir"
-    profile = {
-        "resourceType": "StructureDefinition",
-        "url": f"{base}/StructureDefinition/p",
-        "name": "P",
-        "status": "draft",
-        "kind": "resource",
-        "abstract": False,
-        "type": "Patient",
-        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
-        "derivation": "constraint",
-        "differential": {
-            "element": [
-                {"id": "Patient.gender", "path": "Patient.gender", "min": 1, "max": "0"},  # eld-2
-                {"id": "Patient.nope", "path": "Patient.nope", "min": 1},  # not in the base
-            ]
-        },
-    }
+    profile = make_profile(
+        f"{BASE}/StructureDefinition/p",
+        [
+            {"id": "Patient.gender", "path": "Patient.gender", "min": 1, "max": "0"},  # eld-2
+            {"id": "Patient.nope", "path": "Patient.nope", "min": 1},  # not in the base
+        ],
+    )
     value_set = {
         "resourceType": "ValueSet",
-        "url": f"{base}/ValueSet/v",
+        "url": f"{BASE}/ValueSet/v",
         "status": "bogus",  # not in the required value set
         "compose": {"include": [{"system": "http://loinc.org", "concept": [{"code": " x"}]}]},
     }
     # its subject is a Patient in the Bundle (a Group is asked for): a finding only there
     plan = {
         "resourceType": "PlanDefinition",
-        "url": f"{base}/PlanDefinition/d",
+        "url": f"{BASE}/PlanDefinition/d",
         "status": "draft",
         "subjectReference": {"reference": PATIENT_URN},
         "action": [{"title": "x", "timingDuration": {"value": -1, "unit": "d"}}],
@@ -111,18 +101,7 @@ def _profile(name: str, contained: bool) -> dict[str, Any]:
             {"url": "http://example.org/fhir/StructureDefinition/x", "valueReference": {"reference": "#c1"}}
         ],
     }
-    sd: dict[str, Any] = {
-        "resourceType": "StructureDefinition",
-        "url": f"http://example.org/fhir/StructureDefinition/{name}",
-        "name": name.upper(),
-        "status": "draft",
-        "kind": "resource",
-        "abstract": False,
-        "type": "Patient",
-        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
-        "derivation": "constraint",
-        "differential": {"element": [element, referring]},
-    }
+    sd = make_profile(f"{BASE}/StructureDefinition/{name}", [element, referring])
     if contained:
         sd["contained"] = [{"resourceType": "Basic", "id": "c1", "code": {"text": "x"}}]
     return sd
@@ -164,24 +143,16 @@ def test_memo_of_extensions_and_codings_by_place() -> None:
     from procfhir.validator.engine import Validator
 
     ext_url = f"{BASE}/StructureDefinition/e"
-    extension_sd = {
-        "resourceType": "StructureDefinition",
-        "url": ext_url,
-        "name": "E",
-        "status": "draft",
-        "kind": "complex-type",
-        "abstract": False,
-        "context": [{"type": "element", "expression": "Patient"}],
-        "type": "Extension",
-        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Extension",
-        "derivation": "constraint",
-        "differential": {
-            "element": [
-                {"id": "Extension.url", "path": "Extension.url", "fixedUri": ext_url},
-                {"id": "Extension.value[x]", "path": "Extension.value[x]", "type": [{"code": "string"}]},
-            ]
-        },
-    }
+    extension_sd = make_profile(
+        ext_url,
+        [
+            {"id": "Extension.url", "path": "Extension.url", "fixedUri": ext_url},
+            {"id": "Extension.value[x]", "path": "Extension.value[x]", "type": [{"code": "string"}]},
+        ],
+        base="Extension",
+        kind="complex-type",
+        context=[{"type": "element", "expression": "Patient"}],
+    )
     ext = {"url": ext_url, "valueString": "x"}
     coding = {"system": "http://hl7.org/fhir/administrative-gender", "code": "male"}
     inputs = [

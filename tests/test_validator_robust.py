@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from procfhir import fhircache
+from tests.profiles import profile as make_profile
 
 ODD: list[Any] = [None, [], {}, [None], 1.5, -1, True, "", " x ", "\u00a0", {"id": "x"}, [[1]], "#"]
 ODD += ["urn:uuid:x", -1e308, 2**70]
@@ -219,23 +220,13 @@ def test_validation_makes_no_reference_cycles() -> None:
     from procfhir.validator.engine import Validator
 
     base = "http://example.org/fhir"
-    profile = {
-        "resourceType": "StructureDefinition",
-        "url": f"{base}/StructureDefinition/p",
-        "name": "P",
-        "status": "draft",
-        "kind": "resource",
-        "abstract": False,
-        "type": "Patient",
-        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
-        "derivation": "constraint",
-        "differential": {
-            "element": [
-                {"id": "Patient.gender", "path": "Patient.gender", "min": 1},
-                {"id": "Patient.contact.name", "path": "Patient.contact.name", "min": 1},
-            ]
-        },
-    }
+    profile = make_profile(
+        f"{base}/StructureDefinition/p",
+        [
+            {"id": "Patient.gender", "path": "Patient.gender", "min": 1},
+            {"id": "Patient.contact.name", "path": "Patient.contact.name", "min": 1},
+        ],
+    )
     codes = {
         "resourceType": "CodeSystem",
         "url": f"{base}/CodeSystem/c",

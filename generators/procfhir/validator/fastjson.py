@@ -44,6 +44,7 @@ readers is covered (``T`` the input bytes, ``V`` the value orjson parsed):
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterable
 from typing import Any, Final
 
 import orjson
@@ -97,9 +98,18 @@ def _tally_object(obj: dict[str, Any], depth: int) -> int:
     if depth >= MAX_DEPTH:
         return -1
     n = len(obj)
-    for key, v in obj.items():
+    for key in obj:
         if ":" in key:
             n += key.count(":")
+    inside = _tally_all(obj.values(), depth)
+    return -1 if inside < 0 else n + inside
+
+
+def _tally_all(values: Iterable[Any], depth: int) -> int:
+    """The sum of :func:`_tally` of ``values`` (held at ``depth``), or -1 as soon as one is -1;
+    strings, the most frequent values, counted here."""
+    n = 0
+    for v in values:
         if isinstance(v, str):
             if ":" in v:
                 n += v.count(":")
@@ -114,19 +124,7 @@ def _tally_object(obj: dict[str, Any], depth: int) -> int:
 def _tally(v: Any, depth: int) -> int:
     """:func:`_tally_object` of any value but an object."""
     if isinstance(v, list):
-        if depth >= MAX_DEPTH:
-            return -1
-        n = 0
-        for item in v:
-            if isinstance(item, str):
-                if ":" in item:
-                    n += item.count(":")
-                continue
-            sub = _tally_object(item, depth + 1) if isinstance(item, dict) else _tally(item, depth + 1)
-            if sub < 0:
-                return -1
-            n += sub
-        return n
+        return -1 if depth >= MAX_DEPTH else _tally_all(v, depth)
     if isinstance(v, str):
         return v.count(":")
     if v is None or v is True or v is False:
