@@ -5,8 +5,8 @@ duplicate keys, strict number hooks from :mod:`procfhir.strictio`, a lone-surrog
 Every input is read by :func:`loads_plain` (orjson) first, and its value taken when
 :func:`proven` shows it is what the exact reader gives without any issue; otherwise the exact
 reader reads the input again, and finds and words the problem, or accepts it (a false alarm
-here only costs time). On the R4 examples, orjson and the proof take about 0.6 of the exact
-reader's time, and every file but three is proven.
+here only costs time). On the R4 examples, orjson and the proof take 0.63 s against 0.79 s for
+the exact reader (about 0.8 of its time), and every file but three is proven.
 
 :func:`proven` is one walk of the value, no allocation. Why each difference between the two
 readers is covered (``T`` the input bytes, ``V`` the value orjson parsed):
